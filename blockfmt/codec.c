@@ -1,0 +1,146 @@
+/* codec.c — decompress one compressed unit (a qcow2 cluster, a vmdk grain).
+ *
+ * Raw deflate goes through libdeflate, which inflates whole buffers about
+ * twice as fast as zlib; zlib is kept for the one case libdeflate cannot do:
+ * a stream that would produce more than the unit, of which qemu keeps the
+ * first unit's worth.  zstd input may hold several frames; the unit must
+ * end exactly at the end of a frame (qemu's rule).
+ *
+ * Thread model: each thread keeps its own decompressor objects (thread-local,
+ * freed when the thread exits), so decompression never takes a lock.
+ */
+#include "internal.h"
+
+#include <libdeflate.h>
+#include <stdlib.h>
+#include <zlib.h>
+#include <zstd.h>
+
+static pthread_key_t key_deflate, key_zstd;
+static pthread_once_t keys_once = PTHREAD_ONCE_INIT;
+
+static void free_deflate(void *p) { libdeflate_free_decompressor(p); }
+static void free_zstd(void *p) { ZSTD_freeDCtx(p); }
+
+static void make_keys(void)
+{
+    pthread_key_create(&key_deflate, free_deflate);
+    pthread_key_create(&key_zstd, free_zstd);
+}
+
+static struct libdeflate_decompressor *thread_deflate(void)
+{
+    pthread_once(&keys_once, make_keys);
+    struct libdeflate_decompressor *d = pthread_getspecific(key_deflate);
+    if (!d) {
+        d = libdeflate_alloc_decompressor();
+        if (d)
+            pthread_setspecific(key_deflate, d);
+    }
+    return d;
+}
+
+static ZSTD_DCtx *thread_zstd(void)
+{
+    pthread_once(&keys_once, make_keys);
+    ZSTD_DCtx *d = pthread_getspecific(key_zstd);
+    if (!d) {
+        d = ZSTD_createDCtx();
+        if (d)
+            pthread_setspecific(key_zstd, d);
+    }
+    return d;
+}
+
+/* zlib: accept a stream that fills @out, whether or not it ends there. */
+static int inflate_zlib(const void *in, size_t inlen, void *out, size_t outlen)
+{
+    z_stream z;
+    memset(&z, 0, sizeof z);
+    if (inflateInit2(&z, -15) != Z_OK)
+        return -ENOMEM;
+    int ret = 0;
+    const uint8_t *ip = in;
+    uint8_t *op = out;
+    /* z_stream counts in uInt; feed in pieces so huge units cannot wrap */
+    while (ret == 0) {
+        if (z.avail_in == 0 && inlen > 0) {
+            z.next_in = (Bytef *)ip;
+            z.avail_in = (uInt)bf_min64(inlen, 1u << 30);
+            ip += z.avail_in;
+            inlen -= z.avail_in;
+        }
+        if (z.avail_out == 0 && outlen > 0) {
+            z.next_out = op;
+            z.avail_out = (uInt)bf_min64(outlen, 1u << 30);
+            op += z.avail_out;
+            outlen -= z.avail_out;
+        }
+        int zr = inflate(&z, Z_NO_FLUSH);
+        if (z.avail_out == 0 && outlen == 0)
+            break;                       /* unit full: done */
+        if (zr == Z_STREAM_END || (zr != Z_OK && zr != Z_BUF_ERROR) ||
+            (zr == Z_BUF_ERROR && z.avail_in == 0 && inlen == 0))
+            ret = -EIO;                  /* ended short, broken, or out of input */
+    }
+    inflateEnd(&z);
+    return ret;
+}
+
+static int inflate_deflate(const void *in, size_t inlen, void *out, size_t outlen)
+{
+    struct libdeflate_decompressor *d = thread_deflate();
+    if (!d)
+        return -ENOMEM;
+    size_t used_in;
+    enum libdeflate_result r =
+        libdeflate_deflate_decompress_ex(d, in, inlen, out, outlen, &used_in, NULL);
+    if (r == LIBDEFLATE_SUCCESS)
+        return 0;
+    if (r == LIBDEFLATE_INSUFFICIENT_SPACE)
+        return inflate_zlib(in, inlen, out, outlen);
+    return -EIO;
+}
+
+static int inflate_zstd(const void *in, size_t inlen, void *out, size_t outlen)
+{
+    ZSTD_DCtx *d = thread_zstd();
+    if (!d)
+        return -ENOMEM;
+    ZSTD_DCtx_reset(d, ZSTD_reset_session_only);
+    ZSTD_inBuffer ib = { in, inlen, 0 };
+    ZSTD_outBuffer ob = { out, outlen, 0 };
+    size_t zr = 1;
+    while (ob.pos < ob.size) {
+        size_t in_before = ib.pos, out_before = ob.pos;
+        zr = ZSTD_decompressStream(d, &ob, &ib);
+        if (ZSTD_isError(zr))
+            return -EIO;
+        if (ib.pos == in_before && ob.pos == out_before)
+            return -EIO;                 /* no progress: input exhausted */
+    }
+    /* The unit must end where a frame ends; more output means damage. */
+    return zr == 0 ? 0 : -EIO;
+}
+
+int bf_decompress(enum bf_codec codec, const void *in, size_t inlen, void *out, size_t outlen)
+{
+    switch (codec) {
+    case BF_CODEC_DEFLATE:
+        return inflate_deflate(in, inlen, out, outlen);
+    case BF_CODEC_ZSTD:
+        return inflate_zstd(in, inlen, out, outlen);
+    }
+    return -ENOTSUP;
+}
+
+const char *bf_codec_name(enum bf_codec codec)
+{
+    switch (codec) {
+    case BF_CODEC_DEFLATE:
+        return "zlib";
+    case BF_CODEC_ZSTD:
+        return "zstd";
+    }
+    return "unknown";
+}

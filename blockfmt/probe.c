@@ -1,0 +1,75 @@
+/* probe.c — which driver reads an image: by name, or by content (never by
+ * file name).  Formats we recognise but cannot read yet are refused by name,
+ * so that a VHD is not silently shown as raw bytes; raw is the fallback for
+ * everything else.
+ *
+ * Thread model: pure functions over a buffer.
+ */
+#include "internal.h"
+
+#include <stdio.h>
+#include <strings.h>
+
+static const struct bf_driver *const drivers[] = {
+    &bf_driver_qcow2,
+    &bf_driver_raw,
+};
+
+/* Signatures of formats other programs write that we do not read yet. */
+struct foreign {
+    const char *name;
+    size_t off;
+    const char *magic;
+    size_t len;
+};
+
+static const struct foreign foreign[] = {
+    { "qcow (version 1)", 0, "QFI\xfb\0\0\0\1", 8 },
+    { "vmdk", 0, "KDMV", 4 },
+    { "vmdk (vmfsSparse)", 0, "COWD", 4 },
+    { "vmdk (descriptor)", 0, "# Disk DescriptorFile", 21 },
+    { "vhdx", 0, "vhdxfile", 8 },
+    { "vpc (dynamic VHD)", 0, "conectix", 8 },
+    { "vdi", 0x40, "\x7f\x10\xda\xbe", 4 },
+    { "qed", 0, "QED\0", 4 },
+    { "parallels", 0, "WithoutFreeSpace", 16 },
+    { "parallels", 0, "WithouFreSpacExt", 16 },
+    { "bochs", 0, "Bochs Virtual HD Image", 22 },
+    { "cloop", 0, "#!/bin/sh\n#V2.0 Format", 22 },
+    { "luks (encrypted)", 0, "LUKS\xba\xbe", 6 },
+};
+
+const struct bf_driver *bf_driver_by_name(const char *name)
+{
+    for (size_t i = 0; i < sizeof drivers / sizeof drivers[0]; i++)
+        if (strcasecmp(drivers[i]->name, name) == 0)
+            return drivers[i];
+    return NULL;
+}
+
+/* Pick the driver for @head.  Returns NULL and fills @why when the content is
+ * a format we know but do not read. */
+const struct bf_driver *bf_probe(const uint8_t *head, size_t len, char *why, size_t whylen)
+{
+    const struct bf_driver *best = NULL;
+    int best_score = 0;
+    for (size_t i = 0; i < sizeof drivers / sizeof drivers[0]; i++) {
+        int s = drivers[i]->probe ? drivers[i]->probe(head, len) : 0;
+        if (s > best_score) {
+            best_score = s;
+            best = drivers[i];
+        }
+    }
+    if (best && best_score > 1)
+        return best;
+    for (size_t i = 0; i < sizeof foreign / sizeof foreign[0]; i++) {
+        const struct foreign *f = &foreign[i];
+        if (f->off + f->len <= len && memcmp(head + f->off, f->magic, f->len) == 0) {
+            snprintf(why, whylen,
+                     "the image is in %s format, which is not supported yet "
+                     "(open it with format raw to read its bytes as they are)", f->name);
+            return NULL;
+        }
+    }
+    return best ? best : &bf_driver_raw;
+}

@@ -1,0 +1,105 @@
+/* qcow2.h — state shared by the qcow2 driver's files (qcow2-open.c,
+ * qcow2-snapshot.c, qcow2-map.c).  Layout: qemu docs/interop/qcow2.txt.
+ *
+ * Thread model: everything here is fixed at open except the L2 cache, which
+ * locks itself.
+ */
+#ifndef BLOCKFMT_QCOW2_H
+#define BLOCKFMT_QCOW2_H
+
+#include "internal.h"
+
+#define QCOW2_MAGIC 0x514649fbu           /* "QFI\xfb" */
+#define QCOW2_MIN_CLUSTER_BITS 9
+#define QCOW2_MAX_CLUSTER_BITS 21
+#define QCOW2_MAX_L1_BYTES (32u << 20)    /* qemu's limit; no valid image exceeds it */
+#define QCOW2_MAX_REFTABLE_BYTES (8u << 20)
+#define QCOW2_MAX_SNAPSHOTS 65536
+#define QCOW2_MAX_SNAPSHOT_EXTRA 1024
+#define QCOW2_MAX_SNAPSHOT_TABLE (64u << 20)
+#define QCOW2_L2_CACHE_BYTES (16u << 20)
+
+/* incompatible feature bits */
+#define QCOW2_INCOMPAT_DIRTY       (1ull << 0)
+#define QCOW2_INCOMPAT_CORRUPT     (1ull << 1)
+#define QCOW2_INCOMPAT_DATA_FILE   (1ull << 2)
+#define QCOW2_INCOMPAT_COMPRESSION (1ull << 3)
+#define QCOW2_INCOMPAT_EXTL2       (1ull << 4)
+#define QCOW2_INCOMPAT_KNOWN       0x1full
+/* autoclear feature bits */
+#define QCOW2_AUTOCLEAR_DATA_FILE_RAW (1ull << 1)
+
+/* L1/L2 entry fields */
+#define QCOW2_OFFSET_MASK   0x00fffffffffffe00ull  /* bits 9-55 */
+#define QCOW2_OFLAG_COPIED  (1ull << 63)
+#define QCOW2_OFLAG_COMPRESSED (1ull << 62)
+#define QCOW2_OFLAG_ZERO    1ull
+
+/* header extension types */
+#define QCOW2_EXT_END            0x00000000u
+#define QCOW2_EXT_BACKING_FORMAT 0xe2792acau
+#define QCOW2_EXT_FEATURE_TABLE  0x6803f857u
+#define QCOW2_EXT_DATA_FILE      0x44415441u
+
+struct qcow2_snap {
+    uint64_t l1_offset;
+    uint32_t l1_size;
+    char *id, *name;
+    uint32_t date_sec, date_nsec;
+    uint64_t vm_clock_nsec;
+    uint64_t vm_state_size;
+    uint64_t disk_size;
+};
+
+struct qcow2_feature_name {
+    uint8_t type, bit;
+    char name[47];
+};
+
+struct qcow2 {
+    uint32_t version;
+    unsigned cluster_bits;
+    uint64_t cluster_size;
+    bool extended_l2;
+    unsigned l2_bits;              /* log2(entries per L2 table) */
+    unsigned l2_entry_size;        /* 8, or 16 with extended L2 */
+    uint64_t incompat, autoclear;
+    enum bf_codec codec;
+    uint64_t header_size;          /* virtual size recorded in the header */
+    uint64_t file_size;            /* image file size at open */
+
+    uint64_t *l1;                  /* host-endian copy of the L1 in use */
+    uint32_t l1_size;
+
+    /* compressed cluster descriptor fields */
+    unsigned csize_shift;
+    uint64_t csize_mask, coffset_mask;
+
+    struct qcow2_snap *snaps;
+    uint32_t nb_snaps;
+    uint64_t snapshots_offset;
+
+    struct qcow2_feature_name *features;
+    size_t nb_features;
+
+    char *backing_file, *backing_format, *data_file;
+    struct bf_source *data_src;    /* where guest data lives: own, or img->src */
+    bool own_data_src;
+
+    struct bf_cache *l2_cache;
+    char version_str[24];
+};
+
+int qcow2_read_snapshots(struct bf_image *img, struct qcow2 *q);
+void qcow2_free_snapshots(struct qcow2 *q);
+/* Index of the snapshot with id @s, else with name @s; -1 if none. */
+int qcow2_find_snapshot(const struct qcow2 *q, const char *s);
+int qcow2_list_snapshots(struct bf_image *img, struct bf_snapshot **list, size_t *n);
+/* Read and check an L1 table (the active one or a snapshot's). */
+int qcow2_load_l1(struct bf_image *img, struct qcow2 *q, uint64_t off, uint32_t n,
+                  const char *what);
+
+int qcow2_map(struct bf_image *img, uint64_t off, uint64_t len, unsigned flags,
+              struct bf_map *m);
+
+#endif

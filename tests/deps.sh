@@ -1,0 +1,37 @@
+#!/bin/sh
+# deps.sh — install the Debian packages vdisk needs to build and test.
+#
+# Checks what is installed; installs what is missing with apt-get when run as
+# root, otherwise prints the exact apt-get command and exits 1.  Called by
+# `make check` and `make demo`; safe to run again (does nothing when all is there).
+set -eu
+
+# Build: compiler, pkg-config and the libraries the programs link.
+BUILD_PKGS="gcc make pkg-config zlib1g-dev libzstd-dev libdeflate-dev libfuse3-dev
+ libnbd-dev libtsk-dev libnl-genl-3-dev libgnutls28-dev"
+# Tests: the real tools that make test images and act as oracles.
+TEST_PKGS="qemu-utils fdisk gdisk e2fsprogs python3 bzip2 coreutils util-linux"
+
+missing=""
+for p in $BUILD_PKGS $TEST_PKGS; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+        missing="$missing $p"
+    fi
+done
+[ -z "$missing" ] && exit 0
+
+cmd="apt-get install -y --no-install-recommends$missing"
+if [ "$(id -u)" -ne 0 ]; then
+    echo "vdisk needs these Debian packages:$missing" >&2
+    echo "Install them as root with:" >&2
+    echo "  $cmd" >&2
+    exit 1
+fi
+echo "deps.sh: installing$missing"
+export DEBIAN_FRONTEND=noninteractive
+# A fresh machine may have no package lists yet; a stale one may name
+# versions the archive no longer has.  Update first, then install.
+apt-get update -qq
+# shellcheck disable=SC2086
+apt-get install -y -qq --no-install-recommends $missing >/dev/null
+echo "deps.sh: done"
