@@ -29,6 +29,8 @@ struct bf_image;
 enum {
     BF_OPEN_RDWR       = 1u << 0, /* open for writing (backing files never are) */
     BF_OPEN_NO_BACKING = 1u << 1, /* do not open backing files: unallocated reads as zero */
+    BF_OPEN_NO_PARENT_CHECK = 1u << 2, /* vmdk: open a delta disk whose parentCID does not
+                                          match its parent's CID (or that names no parent) */
 };
 
 struct bf_open_opts {
@@ -193,6 +195,11 @@ char *bf_guid_str(const uint8_t guid[16], char *buf);
  * writes and block status go through @parent; the slice keeps @parent alive
  * until the slice is closed.  Writable when @parent is. */
 int bf_open_slice(struct bf_image *parent, uint64_t off, uint64_t len, struct bf_image **imgp);
+
+/* Open a throwaway writable overlay on @base: writes go to an unlinked
+ * temporary file (in $TMPDIR, else /var/tmp, else /tmp) and vanish at bf_close(); @base
+ * is never written.  Takes ownership of @base (even on failure). */
+int bf_open_overlay(struct bf_image *base, struct bf_image **imgp);
 
 #ifdef __cplusplus
 }

@@ -1,7 +1,8 @@
 /* codec.c — decompress one compressed unit (a qcow2 cluster, a vmdk grain).
  *
- * Raw deflate goes through libdeflate, which inflates whole buffers about
- * twice as fast as zlib; zlib is kept for the one case libdeflate cannot do:
+ * Raw deflate (and deflate in a zlib wrapper) goes through libdeflate, which
+ * inflates whole buffers about twice as fast as zlib; zlib is kept for the
+ * one case libdeflate cannot do:
  * a stream that would produce more than the unit, of which qemu keeps the
  * first unit's worth.  zstd input may hold several frames; the unit must
  * end exactly at the end of a frame (qemu's rule).
@@ -52,12 +53,13 @@ static ZSTD_DCtx *thread_zstd(void)
     return d;
 }
 
-/* zlib: accept a stream that fills @out, whether or not it ends there. */
-static int inflate_zlib(const void *in, size_t inlen, void *out, size_t outlen)
+/* zlib: accept a stream that fills @out, whether or not it ends there.
+ * @window_bits: -15 for raw deflate, 15 for the zlib wrapper. */
+static int inflate_zlib(const void *in, size_t inlen, void *out, size_t outlen, int window_bits)
 {
     z_stream z;
     memset(&z, 0, sizeof z);
-    if (inflateInit2(&z, -15) != Z_OK)
+    if (inflateInit2(&z, window_bits) != Z_OK)
         return -ENOMEM;
     int ret = 0;
     const uint8_t *ip = in;
@@ -98,7 +100,23 @@ static int inflate_deflate(const void *in, size_t inlen, void *out, size_t outle
     if (r == LIBDEFLATE_SUCCESS)
         return 0;
     if (r == LIBDEFLATE_INSUFFICIENT_SPACE)
-        return inflate_zlib(in, inlen, out, outlen);
+        return inflate_zlib(in, inlen, out, outlen, -15);
+    return -EIO;
+}
+
+/* The same rules for deflate in a zlib (RFC 1950) wrapper, as vmdk stores it. */
+static int inflate_zlib_wrapped(const void *in, size_t inlen, void *out, size_t outlen)
+{
+    struct libdeflate_decompressor *d = thread_deflate();
+    if (!d)
+        return -ENOMEM;
+    size_t used_in;
+    enum libdeflate_result r =
+        libdeflate_zlib_decompress_ex(d, in, inlen, out, outlen, &used_in, NULL);
+    if (r == LIBDEFLATE_SUCCESS)
+        return 0;
+    if (r == LIBDEFLATE_INSUFFICIENT_SPACE)
+        return inflate_zlib(in, inlen, out, outlen, 15);
     return -EIO;
 }
 
@@ -130,6 +148,8 @@ int bf_decompress(enum bf_codec codec, const void *in, size_t inlen, void *out, 
         return inflate_deflate(in, inlen, out, outlen);
     case BF_CODEC_ZSTD:
         return inflate_zstd(in, inlen, out, outlen);
+    case BF_CODEC_ZLIB:
+        return inflate_zlib_wrapped(in, inlen, out, outlen);
     }
     return -ENOTSUP;
 }
@@ -141,6 +161,8 @@ const char *bf_codec_name(enum bf_codec codec)
         return "zlib";
     case BF_CODEC_ZSTD:
         return "zstd";
+    case BF_CODEC_ZLIB:
+        return "zlib (RFC 1950)";
     }
     return "unknown";
 }

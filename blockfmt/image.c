@@ -35,7 +35,23 @@ int bf_err_from(struct bf_image *to, struct bf_image *from, int err, const char 
     pthread_mutex_unlock(&from->errlock);
     if (!msg[0])
         snprintf(msg, sizeof msg, "%s", strerror(-err));
-    return bf_err(to, err, "%s%s", prefix, msg);
+    /* A deep backing chain nests one prefix per layer; the cause is at the
+     * end, so when it all does not fit, drop the middle, not the end. */
+    char all[2 * BF_ERRMSG_MAX];
+    snprintf(all, sizeof all, "%s%s", prefix, msg);
+    size_t n = strlen(all);
+    if (n >= BF_ERRMSG_MAX) {
+        static const char gap[] = " [...] ";
+        size_t head = BF_ERRMSG_MAX / 4, tail = BF_ERRMSG_MAX - 1 - head - (sizeof gap - 1);
+        size_t from_pos = n - tail;
+        while (head > 0 && ((unsigned char)all[head] & 0xc0) == 0x80)
+            head--;                      /* do not split a UTF-8 sequence */
+        while (from_pos < n && ((unsigned char)all[from_pos] & 0xc0) == 0x80)
+            from_pos++;
+        memcpy(all + head, gap, sizeof gap - 1);
+        memmove(all + head + sizeof gap - 1, all + from_pos, n - from_pos + 1);
+    }
+    return bf_err(to, err, "%s", all);
 }
 
 const char *bf_errmsg(struct bf_image *img)
@@ -107,7 +123,7 @@ static int open_file_image(struct bf_image *img, const char *format, unsigned fl
     if (format && *format && strcmp(format, "auto") != 0) {
         drv = bf_driver_by_name(format);
         if (!drv)
-            return bf_err(img, -ENOTSUP, "unknown image format '%s' (known: raw, qcow2)", format);
+            return bf_err(img, -ENOTSUP, "unknown image format '%s' (known: raw, qcow2, vmdk)", format);
     }
 
     int r = bf_source_open_file(img->filename, writable, &img->src, msg, sizeof msg);
@@ -130,6 +146,14 @@ static int open_file_image(struct bf_image *img, const char *format, unsigned fl
         if (r < 0)
             return bf_err(img, r, "%s: cannot read: %s", img->filename, strerror(-r));
         drv = bf_probe(head, n, msg, sizeof msg);
+        if (drv == &bf_driver_raw && fsize >= 512) {
+            /* formats known by a trailer rather than a header (dmg) */
+            r = bf_source_pread(img->src, head, 512, fsize - 512);
+            if (r < 0)
+                return bf_err(img, r, "%s: cannot read: %s", img->filename, strerror(-r));
+            if (bf_probe_trailer(head, 512, msg, sizeof msg))
+                drv = NULL;
+        }
         if (!drv)
             return bf_err(img, -ENOTSUP, "%s: %s", img->filename, msg);
     }

@@ -58,6 +58,9 @@ struct bf_source {
 int bf_source_open_file(const char *path, bool writable, struct bf_source **out,
                         char *err, size_t errlen);
 void bf_source_close(struct bf_source *src);
+/* A writable, already-unlinked temporary file in @dir (NULL: $TMPDIR, else
+ * /var/tmp), for throwaway overlays. */
+int bf_source_open_tmpfile(const char *dir, struct bf_source **out, char *err, size_t errlen);
 
 static inline int bf_source_pread(struct bf_source *s, void *buf, size_t len, uint64_t off)
 { return s->ops->pread(s, buf, len, off); }
@@ -76,7 +79,8 @@ enum bf_map_kind {
     BF_MAP_IMAGE,       /* bytes of another image at image_off (slices) */
 };
 
-enum bf_codec { BF_CODEC_DEFLATE = 1, BF_CODEC_ZSTD };
+enum bf_codec { BF_CODEC_DEFLATE = 1, BF_CODEC_ZSTD,
+                BF_CODEC_ZLIB /* deflate in a zlib (RFC 1950) wrapper: vmdk grains */ };
 
 struct bf_map {
     enum bf_map_kind kind;
@@ -120,11 +124,16 @@ struct bf_driver {
 
 extern const struct bf_driver bf_driver_raw;
 extern const struct bf_driver bf_driver_qcow2;
+extern const struct bf_driver bf_driver_vmdk;
 extern const struct bf_driver bf_driver_slice;
+extern const struct bf_driver bf_driver_overlay;
 
 /* probe.c */
 const struct bf_driver *bf_driver_by_name(const char *name);
 const struct bf_driver *bf_probe(const uint8_t *head, size_t len, char *why, size_t whylen);
+/* Is @tail (the last @len bytes of a file that probed as raw) the trailer of
+ * a format we know but do not read?  Then fills @why and returns true. */
+bool bf_probe_trailer(const uint8_t *tail, size_t len, char *why, size_t whylen);
 #define BF_PROBE_LEN 4096
 
 /* ----------------------------------------------------------------- image */

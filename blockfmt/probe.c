@@ -12,6 +12,7 @@
 
 static const struct bf_driver *const drivers[] = {
     &bf_driver_qcow2,
+    &bf_driver_vmdk,
     &bf_driver_raw,
 };
 
@@ -25,9 +26,6 @@ struct foreign {
 
 static const struct foreign foreign[] = {
     { "qcow (version 1)", 0, "QFI\xfb\0\0\0\1", 8 },
-    { "vmdk", 0, "KDMV", 4 },
-    { "vmdk (vmfsSparse)", 0, "COWD", 4 },
-    { "vmdk (descriptor)", 0, "# Disk DescriptorFile", 21 },
     { "vhdx", 0, "vhdxfile", 8 },
     { "vpc (dynamic VHD)", 0, "conectix", 8 },
     { "vdi", 0x40, "\x7f\x10\xda\xbe", 4 },
@@ -72,4 +70,22 @@ const struct bf_driver *bf_probe(const uint8_t *head, size_t len, char *why, siz
         }
     }
     return best ? best : &bf_driver_raw;
+}
+
+/* Apple disk images (UDIF) have no header: their signature is the 512-byte
+ * "koly" trailer (version 4, its own size 512) at the very end of the file.
+ * qemu recognises them by the ".dmg" file name, which we never look at; read
+ * as raw they would show compressed chunks and a property list as a disk. */
+bool bf_probe_trailer(const uint8_t *tail, size_t len, char *why, size_t whylen)
+{
+    if (len < 512)
+        return false;
+    const uint8_t *k = tail + len - 512;
+    if (memcmp(k, "koly", 4) == 0 && bf_be32(k + 4) == 4 && bf_be32(k + 8) == 512) {
+        snprintf(why, whylen,
+                 "the image is in dmg format, which is not supported yet "
+                 "(open it with format raw to read its bytes as they are)");
+        return true;
+    }
+    return false;
 }

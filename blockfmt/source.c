@@ -148,35 +148,22 @@ static const struct bf_source_ops file_ops = {
     .close = file_close,
 };
 
-int bf_source_open_file(const char *path, bool writable, struct bf_source **out,
-                        char *err, size_t errlen)
+/* Wrap an open descriptor (takes it over). */
+static int source_from_fd(int fd, const char *name, bool writable, struct bf_source **out,
+                          char *err, size_t errlen)
 {
-    int fd = open(path, (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC);
-    if (fd < 0) {
-        int e = errno;
-        snprintf(err, errlen, "%s: %s", path, strerror(e));
-        return -e;
-    }
     struct stat st;
-    if (fstat(fd, &st) < 0) {
-        int e = errno;
-        snprintf(err, errlen, "%s: %s", path, strerror(e));
-        close(fd);
-        return -e;
-    }
-    if (S_ISDIR(st.st_mode)) {
-        snprintf(err, errlen, "%s: is a directory", path);
-        close(fd);
-        return -EISDIR;
-    }
     struct bf_source *s = calloc(1, sizeof *s);
     if (s)
-        s->name = strdup(path);
-    if (!s || !s->name) {
+        s->name = strdup(name);
+    if (!s || !s->name || fstat(fd, &st) < 0) {
+        int e = s && s->name ? errno : ENOMEM;
+        if (s)
+            free(s->name);
         free(s);
         close(fd);
-        snprintf(err, errlen, "out of memory");
-        return -ENOMEM;
+        snprintf(err, errlen, "%s: %s", name, strerror(e));
+        return -e;
     }
     s->ops = &file_ops;
     s->fd = fd;
@@ -186,6 +173,52 @@ int bf_source_open_file(const char *path, bool writable, struct bf_source **out,
     pthread_mutex_init(&s->ucache_lock, NULL);
     *out = s;
     return 0;
+}
+
+int bf_source_open_file(const char *path, bool writable, struct bf_source **out,
+                        char *err, size_t errlen)
+{
+    /* O_NONBLOCK so that a FIFO (or a tty) named by a hostile image or a
+     * careless user cannot hang us in open(); we then refuse it. */
+    int fd = open(path, (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0) {
+        int e = errno;
+        snprintf(err, errlen, "%s: %s", path, strerror(e));
+        return -e;
+    }
+    struct stat st;
+    if (fstat(fd, &st) == 0 && !S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) {
+        snprintf(err, errlen, "%s: %s", path, S_ISDIR(st.st_mode) ? "is a directory"
+                                              : "is not a regular file or block device");
+        close(fd);
+        return S_ISDIR(st.st_mode) ? -EISDIR : -EINVAL;
+    }
+    int fl = fcntl(fd, F_GETFL);
+    if (fl >= 0)
+        fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+    return source_from_fd(fd, path, writable, out, err, errlen);
+}
+
+int bf_source_open_tmpfile(const char *dir, struct bf_source **out, char *err, size_t errlen)
+{
+    if (!dir)
+        dir = getenv("TMPDIR");
+    if (!dir || !*dir)          /* /var/tmp is disk-backed where /tmp may be RAM */
+        dir = access("/var/tmp", W_OK) == 0 ? "/var/tmp" : "/tmp";
+    /* O_TMPFILE: never visible by name, gone when closed even after a crash */
+    int fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        char path[4096];
+        snprintf(path, sizeof path, "%s/vdisk-overlay.XXXXXX", dir);
+        fd = mkostemp(path, O_CLOEXEC);
+        if (fd < 0) {
+            int e = errno;
+            snprintf(err, errlen, "cannot create a temporary file in %s: %s", dir, strerror(e));
+            return -e;
+        }
+        unlink(path);
+    }
+    return source_from_fd(fd, "(temporary overlay)", true, out, err, errlen);
 }
 
 void bf_source_close(struct bf_source *src)

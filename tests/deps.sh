@@ -10,7 +10,13 @@ set -eu
 BUILD_PKGS="gcc make pkg-config zlib1g-dev libzstd-dev libdeflate-dev libfuse3-dev
  libnbd-dev libtsk-dev libnl-genl-3-dev libgnutls28-dev"
 # Tests: the real tools that make test images and act as oracles.
-TEST_PKGS="qemu-utils fdisk gdisk e2fsprogs python3 bzip2 coreutils util-linux"
+TEST_PKGS="qemu-utils fdisk gdisk e2fsprogs python3 bzip2 coreutils util-linux libnbd-bin nbdkit"
+# The VM tests (tests/kernel/vm.sh): a kernel with nbd.ko, qemu, busybox for
+# the initramfs; dosfstools/mtools make the FAT images they mount.
+TEST_PKGS="$TEST_PKGS qemu-system-x86 linux-image-amd64 busybox-static cpio kmod dosfstools mtools"
+# The filesystem-view tests (tests/test-mount-fs.sh, test-mount-list.sh): file
+# system makers and fillers, an ISO builder, and The Sleuth Kit's tools as oracle.
+TEST_PKGS="$TEST_PKGS ntfs-3g exfatprogs exfat-fuse xorriso sleuthkit"
 
 missing=""
 for p in $BUILD_PKGS $TEST_PKGS; do

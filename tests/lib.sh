@@ -93,3 +93,169 @@ done_testing() {
 
 # raw_of IMAGE OUT [qemu-img convert options...]: the oracle's raw bytes.
 raw_of() { local img=$1 out=$2; shift 2; qemu-img convert -O raw "$@" "$img" "$out"; }
+
+# ---- oracle comparisons against qemu (used by the qcow2 tests) ----
+
+# bf_python ARGS...: python3, resolved once to the interpreter itself (a
+# version manager's shim, such as pyenv's, costs a shell start per call).
+bf_python() { "${BF_PYTHON:=$(python3 -c 'import sys; print(sys.executable)')}" "$@"; }
+
+# bf_cat_matches DESC ORACLE [BFTEST-OPTIONS...] IMAGE: `bftest OPTIONS cat
+# IMAGE` exits 0, without sanitizer reports, and writes exactly ORACLE's bytes.
+bf_cat_matches() {
+    local desc=$1 oracle=$2; shift 2
+    local img=${!#} out=$T/.cat.raw rc=0
+    local opts=("${@:1:$#-1}")
+    rm -f "$out"
+    "$BFTEST" "${opts[@]}" cat "$img" "$out" >"$T/.out" 2>"$T/.err" || rc=$?
+    if [ "$rc" -ne 0 ] || _sanitizer_report "$T/.err"; then
+        not_ok "$desc" "command: $BFTEST ${opts[*]} cat $img (exit $rc)" "$(tail -n 20 "$T/.err")"
+    elif ! cmp -s "$oracle" "$out"; then
+        not_ok "$desc" "bftest ${opts[*]} cat $img differs from $oracle:" \
+            "$(cmp "$oracle" "$out" 2>&1 | head -n 3)"
+    else
+        ok "$desc"
+    fi
+    rm -f "$out"
+}
+
+# bf_map_matches DESC ORACLE.json [BFTEST-OPTIONS...] IMAGE: `bftest OPTIONS
+# map IMAGE` equals ORACLE.json (qemu-img map --output=json) after coalescing
+# (tests/mapcmp.py).
+bf_map_matches() {
+    local desc=$1 oracle=$2; shift 2
+    local img=${!#} rc=0
+    local opts=("${@:1:$#-1}")
+    "$BFTEST" "${opts[@]}" map "$img" >"$T/.map.json" 2>"$T/.err" || rc=$?
+    if [ "$rc" -ne 0 ] || _sanitizer_report "$T/.err"; then
+        not_ok "$desc" "command: $BFTEST ${opts[*]} map $img (exit $rc)" "$(tail -n 20 "$T/.err")"
+    elif ! bf_python "$VDISK_TOP/tests/mapcmp.py" "$oracle" "$T/.map.json" >"$T/.mapcmp" 2>&1; then
+        not_ok "$desc" "$(head -n 5 "$T/.mapcmp")"
+    else
+        ok "$desc"
+    fi
+}
+
+# bf_matches_qemu DESC IMAGE: three tests against qemu's view of IMAGE (its
+# whole backing chain): bftest cat equals `qemu-img convert -O raw`, so does a
+# read from 4 threads in random-sized pieces, and bftest map equals
+# `qemu-img map --output=json`.
+_bf_seed=0
+bf_matches_qemu() {
+    local desc=$1 img=$2
+    _bf_seed=$((_bf_seed + 1))
+    if ! qemu-img convert -O raw "$img" "$T/.oracle.raw" 2>"$T/.err" ||
+       ! qemu-img map --output=json "$img" >"$T/.oracle.json" 2>>"$T/.err"; then
+        not_ok "$desc: qemu reads the image" "$(tail -n 5 "$T/.err")"
+        return 0
+    fi
+    bf_cat_matches "$desc: bytes" "$T/.oracle.raw" "$img"
+    bf_cat_matches "$desc: bytes, 4 threads, random pieces (seed $_bf_seed)" "$T/.oracle.raw" \
+        --threads 4 --chunk 0 --seed "$_bf_seed" "$img"
+    bf_map_matches "$desc: map" "$T/.oracle.json" "$img"
+    rm -f "$T/.oracle.raw"
+}
+
+# ---- NBD servers and clients (used by tests/test-nbd-*.sh) ----
+
+# alive PID: the process exists and is not a zombie.
+alive() { [ -d "/proc/$1" ] && [ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" != Z ]; }
+
+# nbd_listening SOCK: something listens on the Unix socket SOCK.  Read from
+# /proc/net/unix rather than by connecting: a probe connection would count
+# as the server's first client.
+nbd_listening() {
+    awk -v p="$1" '$NF == p && $4 == "00010000" { f = 1 } END { exit !f }' /proc/net/unix
+}
+
+# _nbd_reap PID: stop a server this script started (cleanup hook): SIGTERM,
+# then SIGKILL after 10 s, then reap it.
+_nbd_reap() {
+    local i
+    alive "$1" || { wait "$1" 2>/dev/null; return 0; }
+    kill "$1" 2>/dev/null
+    for ((i = 0; i < 100; i++)); do alive "$1" || break; sleep 0.1; done
+    alive "$1" && kill -9 "$1" 2>/dev/null
+    wait "$1" 2>/dev/null
+    return 0
+}
+
+# start_nbd SOCK [VDISK-NBD OPTIONS...] IMAGE: run `vdisk-nbd -k SOCK ...` in
+# the background and return once it listens.  Sets NBD_PID; the server's
+# stderr goes to SOCK.log.  Returns 1 (after a not_ok) when the server exits
+# or does not listen within 30 s.  It is stopped at exit if still running;
+# stop_nbd / wait_nbd stop it earlier and check how it ended.
+start_nbd() {
+    local sock=$1 i; shift
+    rm -f "$sock"
+    "$VDISK_NBD" -k "$sock" "$@" 2>"$sock.log" &
+    NBD_PID=$!
+    on_exit "_nbd_reap $NBD_PID"
+    for ((i = 0; i < 300; i++)); do
+        nbd_listening "$sock" && return 0
+        alive "$NBD_PID" || break
+        sleep 0.1
+    done
+    not_ok "vdisk-nbd $* listens on $sock" "$(tail -n 20 "$sock.log")"
+    return 1
+}
+
+# wait_nbd DESC PID LOG [SECS] [STATUS]: PID (a server this script started)
+# exits by itself within SECS (default 20) with STATUS (default 0) and LOG
+# has no sanitizer report.
+wait_nbd() {
+    local desc=$1 pid=$2 log=$3 secs=${4:-20} want=${5:-0} i rc=0
+    for ((i = 0; i < secs * 10; i++)); do alive "$pid" || break; sleep 0.1; done
+    if alive "$pid"; then
+        not_ok "$desc" "server $pid still running after ${secs}s"
+        _nbd_reap "$pid"
+        return 0
+    fi
+    wait "$pid" 2>/dev/null || rc=$?
+    if [ "$rc" -ne "$want" ] || _sanitizer_report "$log"; then
+        not_ok "$desc" "server exit status $rc (wanted $want)" "$(tail -n 20 "$log")"
+    else
+        ok "$desc"
+    fi
+}
+
+# stop_nbd DESC PID LOG [SOCK]: SIGTERM stops the server cleanly: exit 0
+# within 20 s, no sanitizer report, and the socket file SOCK is removed.
+stop_nbd() {
+    local desc=$1 pid=$2 log=$3 sock=${4:-}
+    kill -TERM "$pid" 2>/dev/null
+    wait_nbd "$desc" "$pid" "$log" 20
+    if [ -n "$sock" ] && [ -e "$sock" ]; then
+        not_ok "$desc: socket file removed" "$sock still exists"
+    fi
+}
+
+# nbd_uri SOCK [EXPORT]: the NBD URI of an export on a Unix socket.
+nbd_uri() { echo "nbd+unix:///${2:-}?socket=$1"; }
+
+# require_nbdsh: sets NBDSH to run nbdsh with a python3 that has libnbd's
+# `nbd` module first in PATH (a python3 from pyenv or a venv may lack it).
+# Run a script with `$NBDSH -n -c - <script.py`.  Like require, a missing
+# module (package python3-libnbd) fails the script.
+require_nbdsh() {
+    local p
+    require nbdsh
+    for p in python3 /usr/bin/python3; do
+        if "$p" -c 'import nbd' 2>/dev/null; then
+            mkdir -p "$T/.pybin"
+            ln -sf "$(command -v "$p")" "$T/.pybin/python3"
+            NBDSH="env PATH=$T/.pybin:$PATH nbdsh"
+            return 0
+        fi
+    done
+    not_ok "python3 has libnbd's nbd module (nbdsh)" "install python3-libnbd (tests/deps.sh)"
+    done_testing
+}
+
+# process_gone PID: true when PID has exited (a zombie not yet reaped by its
+# new parent counts as gone: it holds no files any more).
+process_gone() {
+    local st
+    st=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 0
+    [ -z "$st" ] || [ "$st" = Z ] || [ "$st" = X ]
+}

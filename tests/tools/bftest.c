@@ -6,9 +6,9 @@
  *   bftest [OPTIONS] COMMAND IMAGE [ARGS]
  *   commands: info | cat [OUT] | map | snapshots | parts | read OFF LEN |
  *             write OFF FILE | zero OFF LEN | discard OFF LEN | flush
- *   options:  -f FMT  --snapshot S  --no-backing  --rw  --part N
+ *   options:  -f FMT  --snapshot S  --no-backing  --no-parent-check  --rw  --part N
  *             --sector-size N  --threads N  --chunk BYTES (0 = random sizes)
- *             --seed N  --unmap  --fast
+ *             --seed N  --unmap  --fast  --overlay
  *
  * Exit status 0 on success, 1 on an error (message on stderr), 2 on usage.
  * Thread model: `cat --threads N` reads from N threads sharing one handle.
@@ -36,7 +36,12 @@ static struct {
     long long chunk;
     unsigned seed;
     unsigned zero_flags;
+    bool overlay;
 } opt = { .part = -1, .threads = 1, .chunk = 1 << 20, .seed = 1 };
+
+/* Images open in main(), closed by die() so that an error exit leaves
+ * nothing for LeakSanitizer to report that is not a real leak. */
+static struct bf_image *g_part, *g_disk;
 
 static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 static void die(const char *fmt, ...)
@@ -47,6 +52,9 @@ static void die(const char *fmt, ...)
     vfprintf(stderr, fmt, ap);
     fputc('\n', stderr);
     va_end(ap);
+    if (g_part != g_disk)
+        bf_close(g_part);
+    bf_close(g_disk);
     exit(1);
 }
 
@@ -317,8 +325,10 @@ static int cmd_read(struct bf_image *img, uint64_t off, uint64_t len)
     uint8_t *buf = malloc(len ? len : 1);
     if (!buf)
         die("out of memory");
-    if (bf_pread(img, buf, len, off) < 0)
+    if (bf_pread(img, buf, len, off) < 0) {
+        free(buf);
         die("%s", bf_errmsg(img));
+    }
     fwrite(buf, 1, len, stdout);
     free(buf);
     return 0;
@@ -332,8 +342,10 @@ static int cmd_write(struct bf_image *img, uint64_t off, const char *file)
     uint8_t buf[65536];
     size_t n;
     while ((n = fread(buf, 1, sizeof buf, f)) > 0) {
-        if (bf_pwrite(img, buf, n, off) < 0)
+        if (bf_pwrite(img, buf, n, off) < 0) {
+            fclose(f);
             die("%s", bf_errmsg(img));
+        }
         off += n;
     }
     fclose(f);
@@ -349,8 +361,10 @@ static void usage(int code)
             "usage: bftest [OPTIONS] COMMAND IMAGE [ARGS]\n"
             "commands: info | cat [OUT] | map | snapshots | parts | read OFF LEN |\n"
             "          write OFF FILE | zero OFF LEN | discard OFF LEN | flush\n"
-            "options:  -f FMT --snapshot S --no-backing --rw --part N --sector-size N\n"
-            "          --threads N --chunk BYTES (0: random) --seed N --unmap --fast\n");
+            "options:  -f FMT --snapshot S --no-backing --no-parent-check --rw --part N\n"
+            "          --sector-size N\n"
+            "          --threads N --chunk BYTES (0: random) --seed N --unmap --fast\n"
+            "          --overlay (writes go to a throwaway overlay)\n");
     exit(code);
 }
 
@@ -360,6 +374,7 @@ int main(int argc, char **argv)
         { "format", required_argument, 0, 'f' },
         { "snapshot", required_argument, 0, 's' },
         { "no-backing", no_argument, 0, 'B' },
+        { "no-parent-check", no_argument, 0, 'P' },
         { "rw", no_argument, 0, 'w' },
         { "part", required_argument, 0, 'p' },
         { "sector-size", required_argument, 0, 'S' },
@@ -368,6 +383,7 @@ int main(int argc, char **argv)
         { "seed", required_argument, 0, 'r' },
         { "unmap", no_argument, 0, 'u' },
         { "fast", no_argument, 0, 'F' },
+        { "overlay", no_argument, 0, 'O' },
         { "help", no_argument, 0, 'h' },
         { 0, 0, 0, 0 },
     };
@@ -377,6 +393,7 @@ int main(int argc, char **argv)
         case 'f': opt.format = optarg; break;
         case 's': opt.snapshot = optarg; break;
         case 'B': opt.flags |= BF_OPEN_NO_BACKING; break;
+        case 'P': opt.flags |= BF_OPEN_NO_PARENT_CHECK; break;
         case 'w': opt.flags |= BF_OPEN_RDWR; break;
         case 'p': opt.part = (int)num(optarg); break;
         case 'S': opt.sector_size = (unsigned)num(optarg); break;
@@ -385,6 +402,7 @@ int main(int argc, char **argv)
         case 'r': opt.seed = (unsigned)num(optarg); break;
         case 'u': opt.zero_flags |= BF_ZERO_MAY_UNMAP; break;
         case 'F': opt.zero_flags |= BF_ZERO_FAST; break;
+        case 'O': opt.overlay = true; break;
         case 'h': usage(0);
         default: usage(2);
         }
@@ -397,8 +415,16 @@ int main(int argc, char **argv)
 
     struct bf_open_opts o = { .format = opt.format, .flags = opt.flags, .snapshot = opt.snapshot };
     struct bf_image *img, *disk;
-    if (bf_open(path, &o, &disk) < 0)
+    int orc = bf_open(path, &o, &disk);
+    g_disk = g_part = disk;
+    if (orc < 0)
         die("%s", bf_errmsg(disk));
+    if (opt.overlay) {
+        orc = bf_open_overlay(disk, &disk);
+        g_disk = g_part = disk;
+        if (orc < 0)
+            die("%s", bf_errmsg(disk));
+    }
     img = disk;
     if (opt.part >= 0) {
         struct bf_ptable *t;
@@ -408,11 +434,14 @@ int main(int argc, char **argv)
         for (size_t i = 0; i < t->n; i++)
             if (t->parts[i].number == (unsigned)opt.part)
                 p = &t->parts[i];
+        uint64_t start = p ? p->start : 0, length = p ? p->length : 0;
+        free(t);
         if (!p)
             die("no partition %d", opt.part);
-        if (bf_open_slice(disk, p->start, p->length, &img) < 0)
+        orc = bf_open_slice(disk, start, length, &img);
+        g_part = img;
+        if (orc < 0)
             die("%s", bf_errmsg(img));
-        free(t);
     }
 
     int rc;

@@ -10,19 +10,18 @@
 
 static int tap_n, tap_failed;
 
+/* @cond is evaluated exactly once (it often has side effects). */
 #define TAP_OK(cond, ...)                                                     \
     do {                                                                      \
+        int tap_ok_ = (cond) ? 1 : 0;                                         \
         tap_n++;                                                              \
-        if (cond) {                                                           \
-            printf("ok %d - ", tap_n);                                        \
-        } else {                                                              \
+        if (!tap_ok_)                                                         \
             tap_failed++;                                                     \
-            printf("not ok %d - ", tap_n);                                    \
-        }                                                                     \
+        printf("%sok %d - ", tap_ok_ ? "" : "not ", tap_n);                   \
         printf(__VA_ARGS__);                                                  \
         printf("\n");                                                         \
-        if (!(cond))                                                          \
-            printf("#   failed at %s:%d: %s\n", __FILE__, __LINE__, #cond);   \
+        if (!tap_ok_)                                                         \
+            printf("#   failed at %s:%d: %s\n", __FILE__, __LINE__, #cond);  \
     } while (0)
 
 static inline int tap_done(void)
