@@ -22,6 +22,8 @@ PKG_CONFIG ?= pkg-config
 VERSION := 0.1.0
 
 LIB_PKGS := zlib libzstd libdeflate
+NBD_PKGS := libnl-genl-3.0
+MOUNT_PKGS := fuse3 tsk
 
 ifneq ($(SAN),)
 SAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
@@ -32,6 +34,10 @@ endif
 # dependency step of `make check` / `make demo` has installed what is missing.
 PKG_CFLAGS = $(shell $(PKG_CONFIG) --cflags $(LIB_PKGS) 2>/dev/null)
 PKG_LIBS   = $(shell $(PKG_CONFIG) --libs $(LIB_PKGS) 2>/dev/null)
+NBD_CFLAGS = $(shell $(PKG_CONFIG) --cflags $(NBD_PKGS) 2>/dev/null)
+NBD_LIBS   = $(shell $(PKG_CONFIG) --libs $(NBD_PKGS) 2>/dev/null)
+MOUNT_CFLAGS = $(shell $(PKG_CONFIG) --cflags $(MOUNT_PKGS) 2>/dev/null)
+MOUNT_LIBS   = $(shell $(PKG_CONFIG) --libs $(MOUNT_PKGS) 2>/dev/null)
 
 ALL_CFLAGS = -std=gnu11 -D_GNU_SOURCE -Wall -Wextra -pthread -MMD -MP \
              -DVDISK_VERSION='"$(VERSION)"' -Iblockfmt $(PKG_CFLAGS) $(SAN_FLAGS) \
@@ -60,23 +66,26 @@ all: pkgcheck $(BUILD)/libblockfmt.a $(PROGS)
 testprogs: all $(TOOLS) $(UNITS)
 
 pkgcheck:
-	@$(PKG_CONFIG) --exists $(LIB_PKGS) || { \
-	  echo "Missing build dependencies ($(LIB_PKGS)); run tests/deps.sh as root," \
+	@$(PKG_CONFIG) --exists $(LIB_PKGS) $(NBD_PKGS) $(MOUNT_PKGS) || { \
+	  echo "Missing build dependencies ($(LIB_PKGS) $(NBD_PKGS) $(MOUNT_PKGS)); run tests/deps.sh as root," \
 	       "or 'make check' / 'make demo', which run it." >&2; exit 1; }
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) -c -o $@ $<
 
+$(NBD_OBJS): ALL_CFLAGS += $(NBD_CFLAGS)
+$(MOUNT_OBJS): ALL_CFLAGS += $(MOUNT_CFLAGS)
+
 $(BUILD)/libblockfmt.a: $(LIB_OBJS)
 	@rm -f $@
 	$(AR) rcs $@ $^
 
 $(BUILD)/vdisk-nbd: $(NBD_OBJS) $(BUILD)/libblockfmt.a
-	$(CC) $(ALL_LDFLAGS) -o $@ $(NBD_OBJS) $(LIBS_ALL)
+	$(CC) $(ALL_LDFLAGS) -o $@ $(NBD_OBJS) $(LIBS_ALL) $(NBD_LIBS)
 
 $(BUILD)/vdisk-mount: $(MOUNT_OBJS) $(BUILD)/libblockfmt.a
-	$(CC) $(ALL_LDFLAGS) -o $@ $(MOUNT_OBJS) $(LIBS_ALL)
+	$(CC) $(ALL_LDFLAGS) -o $@ $(MOUNT_OBJS) $(LIBS_ALL) $(MOUNT_LIBS)
 
 $(BUILD)/tests/%: $(BUILD)/tests/tools/%.o $(BUILD)/libblockfmt.a
 	$(CC) $(ALL_LDFLAGS) -o $@ $< $(LIBS_ALL)

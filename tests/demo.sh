@@ -28,5 +28,19 @@ echo "== what the image holds"
 run "$build/vdisk-mount" -l sample.qcow2
 
 echo
-echo "Next: the NBD server (vdisk-nbd) and the FUSE mounts (vdisk-mount IMAGE DIR)"
+echo "== serving it over NBD (whole disk as \"\", partitions as p1, p2, ...)"
+sock=$demo/nbd.sock
+"$build/vdisk-nbd" --fork --pid-file "$demo/nbd.pid" -r -t -e 0 --partitions -k "$sock" sample.qcow2
+trap 'kill "$(cat "$demo/nbd.pid")" 2>/dev/null' EXIT
+run nbdinfo --list "nbd+unix:///?socket=$sock"
+run nbdinfo --map "nbd+unix:///p1?socket=$sock"
+echo
+echo "== reading the ext4 file system in p1 through NBD (debugfs on a copy)"
+run nbdcopy "nbd+unix:///p1?socket=$sock" "$demo/p1.img"
+run debugfs -R "cat /hello.txt" "$demo/p1.img"
+kill "$(cat "$demo/nbd.pid")"
+trap - EXIT
+
+echo
+echo "Next: the FUSE mounts (vdisk-mount IMAGE DIR) and kernel attach (vdisk-nbd -c)"
 echo "join this demo as they land."
