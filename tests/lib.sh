@@ -96,9 +96,10 @@ raw_of() { local img=$1 out=$2; shift 2; qemu-img convert -O raw "$@" "$img" "$o
 
 # ---- oracle comparisons against qemu (used by the qcow2 tests) ----
 
-# bf_python ARGS...: python3, resolved once to the interpreter itself (a
-# version manager's shim, such as pyenv's, costs a shell start per call).
-bf_python() { "${BF_PYTHON:=$(python3 -c 'import sys; print(sys.executable)')}" "$@"; }
+# bf_python ARGS...: python3 for scripts that use only the standard library,
+# resolved once to the interpreter itself (a version manager's shim, such as
+# pyenv's, costs a shell start per call) and started without site packages.
+bf_python() { "${BF_PYTHON:=$(python3 -c 'import sys; print(sys.executable)')}" -S "$@"; }
 
 # bf_cat_matches DESC ORACLE [BFTEST-OPTIONS...] IMAGE: `bftest OPTIONS cat
 # IMAGE` exits 0, without sanitizer reports, and writes exactly ORACLE's bytes.
