@@ -97,6 +97,23 @@ struct bf_map {
     uint64_t image_off;
 };
 
+/* What one allocation unit (cluster, subcluster, grain) of a table-mapped
+ * format holds, as its driver reads it from its tables. */
+enum bf_unit_kind { BF_UNIT_DATA, BF_UNIT_ZERO, BF_UNIT_UNALLOC, BF_UNIT_COMPRESSED };
+struct bf_unit {
+    enum bf_unit_kind kind;
+    uint64_t host;      /* DATA: host offset of the unit's first byte */
+    uint64_t aux;       /* COMPRESSED: whatever the driver needs to map it */
+};
+/* Classify the unit that starts at @start (in the caller's coordinates). */
+typedef int (*bf_unit_fn)(void *ctx, uint64_t start, struct bf_unit *u);
+/* maprun.c: the run at @off (at most @len bytes, within one table) from the
+ * answers of @fn for units of @unit_size bytes: fills @m with a DATA (in
+ * @src), ZERO or UNALLOC run, or, when the first unit is compressed, leaves
+ * @m to the caller and returns that unit in @first. */
+int bf_map_units(uint64_t off, uint64_t len, uint64_t unit_size, bf_unit_fn fn, void *ctx,
+                 struct bf_source *src, struct bf_map *m, struct bf_unit *first);
+
 /* map() flags */
 enum {
     BF_MAPF_STATUS = 1u << 0, /* caller wants block status: be precise about

@@ -12,14 +12,6 @@
 
 #include <inttypes.h>
 
-enum unit_kind { U_DATA, U_ZERO, U_UNALLOC, U_COMPRESSED };
-
-struct unit {
-    enum unit_kind kind;
-    uint64_t host;      /* U_DATA: host offset of the unit's first byte */
-    uint64_t entry;     /* U_COMPRESSED: the L2 entry */
-};
-
 struct l2_load {
     struct bf_image *img;
     struct qcow2 *q;
@@ -39,7 +31,7 @@ static int load_l2(void *ctx, uint64_t off, void *buf)
  * @guest_cluster (its cluster start).  @sc is the subcluster index (0 when
  * there are none). */
 static int classify(struct bf_image *img, struct qcow2 *q, const uint8_t *l2, unsigned idx,
-                    unsigned sc, uint64_t guest_cluster, struct unit *u)
+                    unsigned sc, uint64_t guest_cluster, struct bf_unit *u)
 {
     uint64_t e = bf_be64(l2 + (size_t)idx * q->l2_entry_size);
     bool data_file = (q->incompat & QCOW2_INCOMPAT_DATA_FILE) != 0;
@@ -48,8 +40,8 @@ static int classify(struct bf_image *img, struct qcow2 *q, const uint8_t *l2, un
             return bf_err(img, -EIO, "%s: compressed cluster at guest offset %#" PRIx64
                           " in an image with an external data file", img->filename,
                           guest_cluster);
-        u->kind = U_COMPRESSED;
-        u->entry = e;
+        u->kind = BF_UNIT_COMPRESSED;
+        u->aux = e;                /* the compressed cluster descriptor */
         return 0;
     }
     uint64_t host = e & QCOW2_OFFSET_MASK;
@@ -68,11 +60,11 @@ static int classify(struct bf_image *img, struct qcow2 *q, const uint8_t *l2, un
         alloc = (bm >> sc) & 1;
     }
     if (zero) {
-        u->kind = U_ZERO;
+        u->kind = BF_UNIT_ZERO;
         return 0;
     }
     if (!alloc) {
-        u->kind = U_UNALLOC;
+        u->kind = BF_UNIT_UNALLOC;
         return 0;
     }
     if (host & (q->cluster_size - 1))
@@ -81,9 +73,24 @@ static int classify(struct bf_image *img, struct qcow2 *q, const uint8_t *l2, un
     if (data_file && host != guest_cluster)
         return bf_err(img, -EIO, "%s: external data file offset %#" PRIx64 " does not match "
                       "guest offset %#" PRIx64, img->filename, host, guest_cluster);
-    u->kind = U_DATA;
+    u->kind = BF_UNIT_DATA;
     u->host = host + ((uint64_t)sc << (q->cluster_bits - 5));
     return 0;
+}
+
+struct qcow2_units {
+    struct bf_image *img;
+    struct qcow2 *q;
+    const uint8_t *l2;          /* the L2 table covering the run, pinned */
+};
+
+static int qcow2_unit(void *ctx, uint64_t start, struct bf_unit *u)
+{
+    const struct qcow2_units *c = ctx;
+    const struct qcow2 *q = c->q;
+    unsigned idx = (unsigned)((start >> q->cluster_bits) & ((1ull << q->l2_bits) - 1));
+    unsigned sc = q->extended_l2 ? (unsigned)((start >> (q->cluster_bits - 5)) & 31) : 0;
+    return classify(c->img, c->q, c->l2, idx, sc, start & ~(q->cluster_size - 1), u);
 }
 
 static int map_compressed(struct bf_image *img, struct qcow2 *q, uint64_t e,
@@ -137,52 +144,13 @@ int qcow2_map(struct bf_image *img, uint64_t off, uint64_t len, unsigned flags,
     if (r < 0)
         return r;
 
-    /* Walk units (subclusters, or clusters) while they continue the first. */
-    unsigned unit_bits = q->extended_l2 ? q->cluster_bits - 5 : q->cluster_bits;
-    uint64_t unit_mask = (1ull << unit_bits) - 1;
-    uint64_t end = off + len;
-    uint64_t pos = off & ~unit_mask;
-    struct unit first = { 0 }, u = { 0 };
-    uint64_t run_end = pos;
-    while (run_end < end) {
-        uint64_t cluster_start = run_end & ~(q->cluster_size - 1);
-        unsigned idx = (unsigned)((run_end >> q->cluster_bits) & ((1ull << q->l2_bits) - 1));
-        unsigned sc = q->extended_l2 ? (unsigned)((run_end >> unit_bits) & 31) : 0;
-        r = classify(img, q, l2, idx, sc, cluster_start, &u);
-        if (r < 0) {
-            if (run_end != pos)
-                r = 0;      /* end the run here; the next call reports the damage */
-            break;
-        }
-        if (run_end == pos) {
-            first = u;
-            if (u.kind == U_COMPRESSED) {
-                r = map_compressed(img, q, u.entry, cluster_start, off, len, m);
-                break;
-            }
-        } else if (u.kind != first.kind ||
-                   (u.kind == U_DATA && u.host != first.host + (run_end - pos))) {
-            break;
-        }
-        run_end += unit_mask + 1;
-    }
+    /* Runs are built one (sub)cluster at a time, by the shared walker. */
+    struct qcow2_units uc = { img, q, l2 };
+    uint64_t unit = q->extended_l2 ? q->cluster_size / 32 : q->cluster_size;
+    struct bf_unit first;
+    r = bf_map_units(off, len, unit, qcow2_unit, &uc, q->data_src, m, &first);
+    if (r == 0 && first.kind == BF_UNIT_COMPRESSED)
+        r = map_compressed(img, q, first.aux, off & ~(q->cluster_size - 1), off, len, m);
     bf_cache_put(q->l2_cache, ent);
-    if (r < 0 || first.kind == U_COMPRESSED)
-        return r;
-
-    m->len = bf_min64(run_end, end) - off;
-    switch (first.kind) {
-    case U_DATA:
-        m->kind = BF_MAP_DATA;
-        m->src = q->data_src;
-        m->host_off = first.host + (off - pos);
-        break;
-    case U_ZERO:
-        m->kind = BF_MAP_ZERO;
-        break;
-    default:
-        m->kind = BF_MAP_UNALLOC;
-        break;
-    }
-    return 0;
+    return r;
 }

@@ -119,6 +119,32 @@ static int unit_at(struct bf_image *img, struct vmdk *v, const struct vmdk_exten
                   "damaged (it points outside the file)", e->src->name, guest);
 }
 
+struct vmdk_units {
+    struct bf_image *img;
+    struct vmdk *v;
+    const struct vmdk_extent *e;
+    const uint8_t *gt;          /* the grain table covering the run, pinned */
+    uint32_t gd_idx;
+    uint64_t tbl_start;         /* extent offset the table starts at */
+};
+
+static int vmdk_unit(void *ctx, uint64_t start, struct bf_unit *out)
+{
+    const struct vmdk_units *c = ctx;
+    struct unit u;
+    uint32_t idx = (uint32_t)((start - c->tbl_start) / c->e->grain);
+    int r = unit_at(c->img, c->v, c->e, c->gt, c->gd_idx, idx, c->e->start + start, &u);
+    if (r < 0)
+        return r;
+    static const enum bf_unit_kind kinds[] = {
+        [U_DATA] = BF_UNIT_DATA, [U_ZERO] = BF_UNIT_ZERO,
+        [U_UNALLOC] = BF_UNIT_UNALLOC, [U_COMPRESSED] = BF_UNIT_COMPRESSED,
+    };
+    out->kind = kinds[u.kind];
+    out->host = u.host;
+    return 0;
+}
+
 static int map_compressed(struct bf_image *img, const struct vmdk_extent *e, uint64_t marker,
                           uint64_t gstart, uint64_t rel, uint64_t len, struct bf_map *m)
 {
@@ -190,48 +216,14 @@ static int map_sparse(struct bf_image *img, struct vmdk *v, const struct vmdk_ex
     if (r < 0)
         return r;
 
-    /* Walk grains while they continue the first one's run. */
-    uint64_t gstart = rel - rel % e->grain, end = rel + len, run_end = gstart;
-    struct unit first = { U_UNALLOC, 0 }, u;
-    while (run_end < end) {
-        uint32_t idx = (uint32_t)((run_end - tbl_start) / e->grain);
-        r = unit_at(img, v, e, gt, (uint32_t)gd_idx, idx, e->start + run_end, &u);
-        if (r < 0) {
-            if (run_end != gstart)
-                r = 0;          /* end the run here; the next call reports the damage */
-            break;
-        }
-        if (run_end == gstart) {
-            first = u;
-            if (u.kind == U_COMPRESSED) {
-                r = map_compressed(img, e, u.host, gstart, rel, len, m);
-                break;
-            }
-        } else if (u.kind != first.kind ||
-                   (u.kind == U_DATA && u.host != first.host + (run_end - gstart))) {
-            break;
-        }
-        run_end += e->grain;
-    }
+    /* Runs are built one grain at a time, by the shared walker. */
+    struct vmdk_units uc = { img, v, e, gt, (uint32_t)gd_idx, tbl_start };
+    struct bf_unit first;
+    r = bf_map_units(rel, len, e->grain, vmdk_unit, &uc, e->src, m, &first);
+    if (r == 0 && first.kind == BF_UNIT_COMPRESSED)
+        r = map_compressed(img, e, first.host, rel - rel % e->grain, rel, len, m);
     bf_cache_put(v->gt_cache, ent);
-    if (r < 0 || first.kind == U_COMPRESSED)
-        return r;
-
-    m->len = bf_min64(run_end, end) - rel;
-    switch (first.kind) {
-    case U_DATA:
-        m->kind = BF_MAP_DATA;
-        m->src = e->src;
-        m->host_off = first.host + (rel - gstart);
-        break;
-    case U_ZERO:
-        m->kind = BF_MAP_ZERO;
-        break;
-    default:
-        m->kind = BF_MAP_UNALLOC;
-        break;
-    }
-    return 0;
+    return r;
 }
 
 /* Flat extents are data throughout.  Holes in the extent file are not
