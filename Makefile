@@ -21,7 +21,7 @@ PKG_CONFIG ?= pkg-config
 
 VERSION := 0.1.0
 
-LIB_PKGS := zlib libzstd libdeflate
+LIB_PKGS := zlib libzstd libdeflate libnbd
 NBD_PKGS := libnl-genl-3.0
 MOUNT_PKGS := fuse3 tsk
 

@@ -31,6 +31,8 @@ enum {
     BF_OPEN_NO_BACKING = 1u << 1, /* do not open backing files: unallocated reads as zero */
     BF_OPEN_NO_PARENT_CHECK = 1u << 2, /* vmdk: open a delta disk whose parentCID does not
                                           match its parent's CID (or that names no parent) */
+    BF_OPEN_FORCE_SHARE = 1u << 3, /* read-only: take no image locks, so a running VM may
+                                      go on writing (what is read may be inconsistent) */
 };
 
 struct bf_open_opts {
@@ -45,6 +47,10 @@ struct bf_open_opts {
  * return value is -errno and *@imgp is a handle that only carries the error
  * message: read it with bf_errmsg() and release it with bf_close(). */
 int bf_open(const char *path, const struct bf_open_opts *opts, struct bf_image **imgp);
+
+/* Is @name an NBD URI (nbd://, nbds://, nbd+unix://, nbds+unix://) rather
+ * than a local path?  Images named so are read through libnbd. */
+bool bf_is_remote(const char *name);
 
 /* Release the handle (NULL is allowed).  Does not flush: call bf_flush()
  * first when the image was written. */

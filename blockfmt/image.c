@@ -107,10 +107,14 @@ void bf_close(struct bf_image *img)
 static struct bf_image *layer_with_file(struct bf_image *img, const struct bf_source *src)
 {
     for (struct bf_image *o = img->overlay; o; o = o->overlay)
-        if (o->src && o->src->dev == src->dev && o->src->ino == src->ino)
+        if (o->src && o->src->remote == src->remote &&
+            (src->remote ? strcmp(o->src->name, src->name) == 0   /* NBD: same URI */
+                         : o->src->dev == src->dev && o->src->ino == src->ino))
             return o;
     return NULL;
 }
+
+static bool looks_like_uri(const char *name);
 
 /* Open @img (already allocated, filename set) from the file at its name. */
 static int open_file_image(struct bf_image *img, const char *format, unsigned flags,
@@ -126,7 +130,21 @@ static int open_file_image(struct bf_image *img, const char *format, unsigned fl
             return bf_err(img, -ENOTSUP, "unknown image format '%s' (known: raw, qcow2, vmdk)", format);
     }
 
-    int r = bf_source_open_file(img->filename, writable, &img->src, msg, sizeof msg);
+    /* a local file, or an NBD URI (source-nbd.c) */
+    int r = bf_source_open(img->filename, writable, &img->src, msg, sizeof msg);
+    if (r == -ENOENT && !bf_is_nbd_uri(img->filename) && looks_like_uri(img->filename))
+        return bf_err(img, -ENOTSUP, "%s: no such file, and not a URI that can be opened "
+                      "(supported: nbd://, nbds://, nbd+unix://, nbds+unix://)", img->filename);
+    if (r < 0)
+        return bf_err(img, r, "%s", msg);
+    if (img->src->remote && strcmp(img->filename, img->src->name) != 0) {
+        char *f = strdup(img->src->name);   /* the URI without secrets, for messages */
+        if (!f)
+            return bf_err(img, -ENOMEM, "out of memory");
+        free(img->filename);
+        img->filename = f;
+    }
+    r = bf_source_lock(img->src, bf_lock_mode_for(flags, writable), msg, sizeof msg);
     if (r < 0)
         return bf_err(img, r, "%s", msg);
 
@@ -158,7 +176,7 @@ static int open_file_image(struct bf_image *img, const char *format, unsigned fl
             return bf_err(img, -ENOTSUP, "%s: %s", img->filename, msg);
     }
 
-    if (writable && !drv->alloc)
+    if (writable && !drv->alloc && !drv->pwrite)
         return bf_err(img, -EROFS, "%s: %s images cannot be written yet; open read-only",
                       img->filename, drv->name);
 
@@ -202,9 +220,22 @@ static bool looks_like_uri(const char *name)
     return strncmp(p, "://", 3) == 0;
 }
 
+bool bf_is_remote(const char *name)
+{
+    return name && bf_is_nbd_uri(name);
+}
+
+int bf_check_inner_name(struct bf_image *img, const char *name, const char *what)
+{
+    if (bf_is_nbd_uri(img->filename) && !bf_is_nbd_uri(name))
+        return bf_err(img, -EINVAL, "%s: %s '%s' cannot be opened: an image opened by NBD URI "
+                      "may only name other NBD URIs", img->filename, what, name);
+    return 0;
+}
+
 char *bf_path_relative_to(const char *base, const char *name)
 {
-    if (name[0] == '/')
+    if (name[0] == '/' || bf_is_nbd_uri(name))
         return strdup(name);
     const char *slash = strrchr(base, '/');
     if (!slash)
@@ -224,9 +255,21 @@ int bf_open_backing(struct bf_image *img, const char *name, const char *fmt)
         return 0;
     if (!*name)
         return bf_err(img, -EINVAL, "%s: the backing file name is empty", img->filename);
-    if (looks_like_uri(name))
-        return bf_err(img, -ENOTSUP, "%s: backing file '%s' is not a local file; "
-                      "such backing files are not supported yet", img->filename, name);
+    /* Backing files may be NBD URIs.  An image opened by NBD URI may name
+     * only NBD URIs: a relative name has no directory to be resolved
+     * against (qemu refuses it too), and an absolute path names a file on
+     * the server's machine, not on ours. */
+    if (looks_like_uri(name) && !bf_is_nbd_uri(name))
+        return bf_err(img, -ENOTSUP, "%s: backing file '%s' is neither a local file nor an "
+                      "NBD URI (nbd://, nbds://, nbd+unix://, nbds+unix://); such backing "
+                      "files are not supported", img->filename, name);
+    if (bf_is_nbd_uri(img->filename) && !bf_is_nbd_uri(name))
+        return bf_err(img, -ENOTSUP, "%s: backing file '%s' is a %s, but the image was opened "
+                      "by NBD URI: %s; name the backing file by its NBD URI (qemu-img rebase "
+                      "-u -b URI) or open the image without its backing file", img->filename,
+                      name, name[0] == '/' ? "local path" : "relative name",
+                      name[0] == '/' ? "that path is on the server's machine, not here"
+                                     : "there is no directory to resolve it against");
     if (img->depth >= BF_MAX_CHAIN_DEPTH)
         return bf_err(img, -ELOOP, "%s: backing chain is deeper than %d images",
                       img->filename, BF_MAX_CHAIN_DEPTH);

@@ -38,7 +38,7 @@ struct bf_source_ops {
     void (*close)(struct bf_source *);
 };
 
-/* A byte container: a local file now, a remote NBD export later.
+/* A byte container: a local file, or a remote NBD export (source-nbd.c).
  * Thread model: all ops may be called concurrently. */
 struct bf_source {
     const struct bf_source_ops *ops;
@@ -47,6 +47,7 @@ struct bf_source {
     bool writable;
     dev_t dev;           /* identity for backing-loop detection */
     ino_t ino;
+    bool remote;         /* an NBD export: its identity is @name (the URI) */
     /* Decompressed units read from this source, keyed by their offset here;
      * created on first use (io.c). */
     struct bf_cache *ucache;
@@ -58,6 +59,33 @@ struct bf_source {
 int bf_source_open_file(const char *path, bool writable, struct bf_source **out,
                         char *err, size_t errlen);
 void bf_source_close(struct bf_source *src);
+/* source-nbd.c: is @name an NBD URI (nbd://, nbds://, nbd+unix://,
+ * nbds+unix://)?  Open one as a source: read-only unless @writable (then
+ * the export must allow writes); the source's name is the URI without
+ * secrets.  bf_source_open: an NBD URI or else a local file. */
+bool bf_is_nbd_uri(const char *name);
+/* A file named inside @img (backing file, data file, extent): -EINVAL with
+ * a message when @img was opened by NBD URI and @name is not one (there is
+ * no directory to resolve it against, and a path would name a file on some
+ * other machine). */
+int bf_check_inner_name(struct bf_image *img, const char *name, const char *what);
+int bf_source_open_nbd(const char *uri, bool writable, struct bf_source **out,
+                       char *err, size_t errlen);
+int bf_source_open(const char *name, bool writable, struct bf_source **out,
+                   char *err, size_t errlen);
+/* Image locks compatible with qemu's file driver (OFD byte-range locks on
+ * bytes 100+perm and 200+perm of the file): readers hold "read" and do not
+ * share "write"; writers also hold "write".  So qemu cannot write an image
+ * we use, and we refuse one qemu writes.  A source without a local file
+ * (NBD) is not locked.  -EBUSY with a message in @err on a conflict. */
+enum bf_lock_mode { BF_LOCK_NONE, BF_LOCK_READ, BF_LOCK_WRITE };
+int bf_source_lock(struct bf_source *src, enum bf_lock_mode mode, char *err, size_t errlen);
+/* The mode for an image opened with BF_OPEN_* @flags, for reading or writing. */
+static inline enum bf_lock_mode bf_lock_mode_for(unsigned flags, bool writable)
+{
+    return writable ? BF_LOCK_WRITE : (flags & BF_OPEN_FORCE_SHARE) ? BF_LOCK_NONE : BF_LOCK_READ;
+}
+
 /* A writable, already-unlinked temporary file in @dir (NULL: $TMPDIR, else
  * /var/tmp), for throwaway overlays. */
 int bf_source_open_tmpfile(const char *dir, struct bf_source **out, char *err, size_t errlen);
@@ -68,6 +96,8 @@ static inline int bf_source_pwrite(struct bf_source *s, const void *buf, size_t 
 { return s->ops->pwrite ? s->ops->pwrite(s, buf, len, off) : -EROFS; }
 static inline int bf_source_size(struct bf_source *s, uint64_t *size)
 { return s->ops->size(s, size); }
+static inline int bf_source_flush(struct bf_source *s)
+{ return s->ops->flush ? s->ops->flush(s) : 0; }
 
 /* ------------------------------------------------------------------ maps */
 
@@ -137,7 +167,18 @@ struct bf_driver {
     int  (*discard)(struct bf_image *, uint64_t off, uint64_t len);
     int  (*flush)(struct bf_image *);
     int  (*snapshots)(struct bf_image *, struct bf_snapshot **, size_t *);
+    /* Optional: formats whose writes need several ordered steps (qcow2:
+     * refcounts, data, then L2) take over bf_pwrite instead of alloc(). */
+    int  (*pwrite)(struct bf_image *, const void *, size_t, uint64_t);
+    /* Optional: bracket every top-level read and block status, so a writer
+     * cannot free clusters under them (qcow2 opened writable). */
+    void (*io_begin)(struct bf_image *);
+    void (*io_end)(struct bf_image *);
 };
+
+/* io.c: bf_pread without the io_begin/io_end bracket, for drivers that
+ * already hold their own lock (copy-on-write reads). */
+int bf_pread_nolock(struct bf_image *img, void *buf, size_t len, uint64_t off);
 
 extern const struct bf_driver bf_driver_raw;
 extern const struct bf_driver bf_driver_qcow2;

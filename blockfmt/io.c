@@ -143,6 +143,17 @@ int bf_pread(struct bf_image *img, void *buf, size_t len, uint64_t off)
     int r = check_range(img, off, len, "read");
     if (r < 0)
         return r;
+    if (!img->drv->io_begin)
+        return bf_pread_nolock(img, buf, len, off);
+    img->drv->io_begin(img);
+    r = bf_pread_nolock(img, buf, len, off);
+    img->drv->io_end(img);
+    return r;
+}
+
+int bf_pread_nolock(struct bf_image *img, void *buf, size_t len, uint64_t off)
+{
+    int r;
     uint8_t *p = buf;
     while (len > 0) {
         struct bf_map m;
@@ -196,6 +207,8 @@ int bf_pwrite(struct bf_image *img, const void *buf, size_t len, uint64_t off)
     int r = check_range(img, off, len, "write");
     if (r < 0 || (r = check_writable(img)) < 0)
         return r;
+    if (img->drv->pwrite)
+        return img->drv->pwrite(img, buf, len, off);
     const uint8_t *p = buf;
     while (len > 0) {
         struct bf_map m;
@@ -314,5 +327,10 @@ int bf_block_status(struct bf_image *img, uint64_t off, uint64_t len, struct bf_
         return r;
     if (len == 0)
         return bf_err(img, -EINVAL, "block status of an empty range");
-    return status_at(img, off, len, 1, st);
+    if (!img->drv->io_begin)
+        return status_at(img, off, len, 1, st);
+    img->drv->io_begin(img);
+    r = status_at(img, off, len, 1, st);
+    img->drv->io_end(img);
+    return r;
 }

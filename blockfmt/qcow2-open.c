@@ -26,6 +26,9 @@ static void qcow2_free(struct qcow2 *q)
 {
     if (!q)
         return;
+    if (q->writable)
+        pthread_rwlock_destroy(&q->lock);
+    qcow2_rc_close(q);
     free(q->l1);
     qcow2_free_snapshots(q);
     free(q->features);
@@ -190,6 +193,7 @@ static int parse_header(struct bf_image *img, struct qcow2 *q, const uint8_t *h,
                         size_t hlen, uint64_t *ext_start, uint64_t *ext_end)
 {
     q->version = bf_be32(h + 4);
+    q->refcount_order = 4;          /* version 2: always 16-bit refcounts */
     if (q->version != 2 && q->version != 3)
         return bf_err(img, -ENOTSUP, "%s: qcow2 version %" PRIu32 " is not supported "
                       "(versions 2 and 3 are)", img->filename, q->version);
@@ -218,6 +222,7 @@ static int parse_header(struct bf_image *img, struct qcow2 *q, const uint8_t *h,
         if (refcount_order > 6)
             return bf_err(img, -EINVAL, "%s: qcow2 refcount_order %" PRIu32 " is out of range",
                           img->filename, refcount_order);
+        q->refcount_order = refcount_order;
     }
 
     uint32_t crypt = bf_be32(h + 32);
@@ -310,17 +315,22 @@ static int open_data_file(struct bf_image *img, struct qcow2 *q)
     if (!q->data_file)
         return bf_err(img, -EINVAL, "%s: the image keeps its data in an external file but "
                       "does not name it", img->filename);
+    int r = bf_check_inner_name(img, q->data_file, "external data file");
+    if (r < 0)
+        return r;
     char *path = bf_path_relative_to(img->filename, q->data_file);
     if (!path)
         return bf_err(img, -ENOMEM, "out of memory");
     char msg[BF_ERRMSG_MAX];
-    int r = bf_source_open_file(path, img->writable, &q->data_src, msg, sizeof msg);
+    r = bf_source_open(path, img->writable, &q->data_src, msg, sizeof msg);
     free(path);
     if (r < 0)
         return bf_err(img, r, "%s: external data file '%s': %s", img->filename,
                       q->data_file, msg);
     q->own_data_src = true;
-    return 0;
+    r = bf_source_lock(q->data_src, bf_lock_mode_for(img->open_flags, img->writable), msg,
+                       sizeof msg);
+    return r < 0 ? bf_err(img, r, "%s", msg) : 0;
 }
 
 static int open_snapshot(struct bf_image *img, struct qcow2 *q, const char *want)
@@ -390,6 +400,8 @@ static int qcow2_open(struct bf_image *img, const struct bf_open_opts *opts)
         r = check_refcount_table(img, q, h);
     uint32_t l1_size = bf_be32(h + 36);
     uint64_t l1_off = bf_be64(h + 40);
+    uint64_t rt_off = bf_be64(h + 48);
+    uint32_t rt_clusters = bf_be32(h + 56);
     q->nb_snaps = bf_be32(h + 60);
     q->snapshots_offset = bf_be64(h + 64);
     free(h);
@@ -416,6 +428,8 @@ static int qcow2_open(struct bf_image *img, const struct bf_open_opts *opts)
         r = bf_err(img, -ENOMEM, "out of memory");
         goto fail;
     }
+    if (img->writable && (r = qcow2_open_writable(img, q, l1_off, rt_off, rt_clusters)) < 0)
+        goto fail;
 
     if (q->backing_file) {
         if ((r = bf_open_backing(img, q->backing_file, q->backing_format)) < 0)
@@ -451,5 +465,11 @@ const struct bf_driver bf_driver_qcow2 = {
     .open = qcow2_open,
     .close = qcow2_close,
     .map = qcow2_map,
+    .zero = qcow2_zero,
+    .discard = qcow2_discard,
+    .flush = qcow2_flush,
     .snapshots = qcow2_list_snapshots,
+    .pwrite = qcow2_pwrite,
+    .io_begin = qcow2_io_begin,
+    .io_end = qcow2_io_end,
 };

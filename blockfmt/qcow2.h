@@ -88,6 +88,20 @@ struct qcow2 {
 
     struct bf_cache *l2_cache;
     char version_str[24];
+
+    /* Writing (qcow2-write.c, qcow2-refcount.c).  `lock` is taken shared by
+     * reads, block status and in-place data writes, and exclusively by
+     * anything that changes metadata; only when the image is writable. */
+    bool writable;
+    pthread_rwlock_t lock;
+    uint64_t l1_offset;            /* active L1 table in the file */
+    unsigned refcount_order;
+    uint64_t rb_entries;           /* refcounts per refcount block */
+    uint64_t *rt;                  /* refcount table, host-endian offsets */
+    uint64_t rt_size;              /* entries */
+    uint64_t rt_offset;
+    struct bf_cache *rb_cache;     /* refcount blocks */
+    uint64_t free_hint;            /* no free cluster below this one */
 };
 
 int qcow2_read_snapshots(struct bf_image *img, struct qcow2 *q);
@@ -101,5 +115,28 @@ int qcow2_load_l1(struct bf_image *img, struct qcow2 *q, uint64_t off, uint32_t 
 
 int qcow2_map(struct bf_image *img, uint64_t off, uint64_t len, unsigned flags,
               struct bf_map *m);
+
+/* qcow2-refcount.c (exclusive lock held) */
+int qcow2_rc_open(struct bf_image *img, struct qcow2 *q, uint64_t rt_off, uint32_t rt_clusters);
+void qcow2_rc_close(struct qcow2 *q);
+int qcow2_rc_get(struct bf_image *img, struct qcow2 *q, uint64_t cluster, uint64_t *rc);
+int qcow2_rc_update(struct bf_image *img, struct qcow2 *q, uint64_t cluster, int delta);
+/* @n contiguous clusters with refcount 1; *off is the first one's offset. */
+int qcow2_alloc_clusters(struct bf_image *img, struct qcow2 *q, uint64_t n, uint64_t *off);
+/* Drop one reference from every cluster overlapping [off, off+bytes). */
+int qcow2_free_range(struct bf_image *img, struct qcow2 *q, uint64_t off, uint64_t bytes);
+/* Write metadata (the file may grow; q->file_size follows). */
+int qcow2_write_meta(struct bf_image *img, const void *buf, size_t len, uint64_t off,
+                     const char *what);
+
+/* qcow2-write.c */
+int qcow2_open_writable(struct bf_image *img, struct qcow2 *q, uint64_t l1_off,
+                        uint64_t rt_off, uint32_t rt_clusters);
+void qcow2_io_begin(struct bf_image *img);
+void qcow2_io_end(struct bf_image *img);
+int qcow2_pwrite(struct bf_image *img, const void *buf, size_t len, uint64_t off);
+int qcow2_zero(struct bf_image *img, uint64_t off, uint64_t len, unsigned flags);
+int qcow2_discard(struct bf_image *img, uint64_t off, uint64_t len);
+int qcow2_flush(struct bf_image *img);
 
 #endif

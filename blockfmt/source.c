@@ -221,6 +221,74 @@ int bf_source_open_tmpfile(const char *dir, struct bf_source **out, char *err, s
     return source_from_fd(fd, "(temporary overlay)", true, out, err, errlen);
 }
 
+/* ---------------------------------------------------------- image locks */
+
+#define LOCK_PERM_BASE   100     /* qemu block/file-posix.c: byte 100+i held = "has perm i" */
+#define LOCK_SHARED_BASE 200     /* byte 200+i held = "does not share perm i" */
+#define PERM_CONSISTENT_READ 0
+#define PERM_WRITE 1
+
+static int lock_op(int fd, int cmd, short type, off_t byte, struct flock *out)
+{
+    struct flock fl = { .l_type = type, .l_whence = SEEK_SET, .l_start = byte, .l_len = 1 };
+    int r = fcntl(fd, cmd, &fl);
+    if (out)
+        *out = fl;
+    return r < 0 ? -errno : 0;
+}
+
+/* Does another open file description hold @byte? */
+static bool byte_held(int fd, off_t byte)
+{
+    struct flock fl;
+    return lock_op(fd, F_OFD_GETLK, F_WRLCK, byte, &fl) == 0 && fl.l_type != F_UNLCK;
+}
+
+int bf_source_lock(struct bf_source *s, enum bf_lock_mode mode, char *err, size_t errlen)
+{
+    if (mode == BF_LOCK_NONE || s->fd < 0)
+        return 0;
+    bool write = mode == BF_LOCK_WRITE;
+    /* Lock first, then test, as qemu does (raw_handle_perm_lock): of two
+     * openers racing, each then sees the other's bytes, so at worst both
+     * are refused, never both admitted (testing first let a second writer
+     * test and lock between our test and our lock). */
+    static const int bytes[] = { LOCK_PERM_BASE + PERM_CONSISTENT_READ,
+                                 LOCK_SHARED_BASE + PERM_WRITE, LOCK_PERM_BASE + PERM_WRITE };
+    int n = write ? 3 : 2, r = 0;
+    for (int i = 0; i < n && r == 0; i++) {
+        r = lock_op(s->fd, F_OFD_SETLK, F_RDLCK, bytes[i], NULL);
+        if (i == 0 && (r == -EINVAL || r == -ENOLCK || r == -EOPNOTSUPP))
+            return 0;          /* a file system without OFD locks: nothing to honour */
+        if (r < 0) {
+            snprintf(err, errlen, "%s: cannot lock the image: %s", s->name, strerror(-r));
+            r = r == -EAGAIN || r == -EACCES ? -EBUSY : r;
+        }
+    }
+    /* our perms against others' unshared bytes, our unshared "write"
+     * against others holding it (our own locks do not count) */
+    if (r == 0 && byte_held(s->fd, LOCK_SHARED_BASE + PERM_CONSISTENT_READ)) {
+        snprintf(err, errlen, "%s: another process uses the image and does not allow it to "
+                 "be read (is a VM running on it?)", s->name);
+        r = -EBUSY;
+    }
+    if (r == 0 && write && byte_held(s->fd, LOCK_SHARED_BASE + PERM_WRITE)) {
+        snprintf(err, errlen, "%s: another process has the image open and does not allow it "
+                 "to be written (qemu, a VM, or another vdisk program)", s->name);
+        r = -EBUSY;
+    }
+    if (r == 0 && byte_held(s->fd, LOCK_PERM_BASE + PERM_WRITE)) {
+        snprintf(err, errlen, "%s: another process is writing the image (qemu, a VM, or "
+                 "another vdisk program)%s", s->name,
+                 write ? "" : "; use --force-share to read it anyway");
+        r = -EBUSY;
+    }
+    if (r < 0)                 /* refused: take back what we took */
+        for (int i = 0; i < n; i++)
+            lock_op(s->fd, F_OFD_SETLK, F_UNLCK, bytes[i], NULL);
+    return r;
+}
+
 void bf_source_close(struct bf_source *src)
 {
     if (!src)

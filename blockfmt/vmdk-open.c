@@ -80,16 +80,22 @@ static int check_create_type(struct bf_image *img, const struct vmdk_desc *d, co
 static int open_extent_file(struct bf_image *img, struct vmdk_extent *e,
                             const struct vmdk_desc_extent *x)
 {
+    int r = bf_check_inner_name(img, x->file, "extent");
+    if (r < 0)
+        return r;
     char *path = bf_path_relative_to(img->filename, x->file);
     if (!path)
         return bf_err(img, -ENOMEM, "out of memory");
     char msg[BF_ERRMSG_MAX];
-    int r = bf_source_open_file(path, false, &e->src, msg, sizeof msg);
+    r = bf_source_open(path, false, &e->src, msg, sizeof msg);
     free(path);
     if (r < 0)
         return bf_err(img, r, "%s: cannot open extent '%s' (descriptor line %u): %s",
                       img->filename, x->file, x->line, msg);
     e->own_src = true;
+    r = bf_source_lock(e->src, bf_lock_mode_for(img->open_flags, false), msg, sizeof msg);
+    if (r < 0)
+        return bf_err(img, r, "%s", msg);
 
     if (x->type == VMDK_ET_FLAT || x->type == VMDK_ET_VMFS) {
         e->kind = VMDK_FLAT;
