@@ -14,10 +14,12 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define DEFAULT_THREADS 16
@@ -27,7 +29,7 @@ static void usage(FILE *f)
 {
     fprintf(f,
 "Usage: vdisk-nbd [OPTIONS] IMAGE\n"
-"Serve a disk image (raw, qcow2) over the NBD protocol.\n"
+"Serve a disk image (raw, qcow2, vmdk, or an NBD URI) over the NBD protocol.\n"
 "\n"
 "Where to listen (default: TCP port 10809 on all addresses):\n"
 "  -p, --port PORT            TCP port (default 10809)\n"
@@ -36,11 +38,15 @@ static void usage(FILE *f)
 "      (started by systemd socket activation, the sockets it passes are used)\n"
 "\n"
 "What to serve:\n"
-"  -f, --format FMT           image format: raw, qcow2 (default: detect from content)\n"
-"  -r, --read-only            export read-only\n"
+"  -f, --format FMT           image format: raw, qcow2, vmdk (default: detect)\n"
+"  -r, --read-only            export read-only (the default for NBD URIs)\n"
+"      --rw                   an image given by NBD URI: serve it writable (the\n"
+"                             remote export must allow writes)\n"
 "  -s, --snapshot             writes go to a temporary overlay that is thrown away\n"
 "                             at exit; the image is never written\n"
 "  -l, --load-snapshot ID|NAME  serve an internal snapshot (read-only)\n"
+"  -U, --force-share          with -r: take no image locks, so a VM may keep writing\n"
+"                             the image (what is read may be inconsistent)\n"
 "  -P, --partition N          export partition N of the image instead of the disk\n"
 "      --partitions           also export every partition, as \"p1\", \"p2\", ...\n"
 "  -x, --export-name NAME     name of the export (default \"\")\n"
@@ -58,6 +64,11 @@ static void usage(FILE *f)
 "                             server has flushed and exited\n"
 "      --force                with -d: detach even when in use\n"
 "      --list-attached        list attached devices and their images\n"
+"\n"
+"List another server's exports (like qemu-nbd -L; no IMAGE):\n"
+"  -L, --list                 list the exports of the NBD server at -k SOCKET, or at\n"
+"                             -b HOST (default localhost) -p PORT (default 10809),\n"
+"                             with size, description, flags and block sizes\n"
 "\n"
 "How to run:\n"
 "  -e, --shared N             serve up to N clients at once (default 1; 0: no limit)\n"
@@ -87,7 +98,7 @@ static unsigned parse_uint(const char *s, const char *what, unsigned max)
 static int parse_args(int argc, char **argv, struct nbd_options *o)
 {
     enum { OPT_PARTITIONS = 256, OPT_FORK, OPT_PIDFILE, OPT_THREADS, OPT_CONNECTIONS,
-           OPT_TIMEOUT, OPT_FOREGROUND, OPT_FORCE, OPT_LIST_ATTACHED };
+           OPT_TIMEOUT, OPT_FOREGROUND, OPT_FORCE, OPT_LIST_ATTACHED, OPT_RW };
     static const struct option lo[] = {
         { "port", required_argument, 0, 'p' },
         { "bind", required_argument, 0, 'b' },
@@ -98,6 +109,8 @@ static int parse_args(int argc, char **argv, struct nbd_options *o)
         { "read-only", no_argument, 0, 'r' },
         { "snapshot", no_argument, 0, 's' },
         { "load-snapshot", required_argument, 0, 'l' },
+        { "force-share", no_argument, 0, 'U' },
+        { "rw", no_argument, 0, OPT_RW },
         { "partition", required_argument, 0, 'P' },
         { "partitions", no_argument, 0, OPT_PARTITIONS },
         { "shared", required_argument, 0, 'e' },
@@ -112,13 +125,14 @@ static int parse_args(int argc, char **argv, struct nbd_options *o)
         { "foreground", no_argument, 0, OPT_FOREGROUND },
         { "force", no_argument, 0, OPT_FORCE },
         { "list-attached", no_argument, 0, OPT_LIST_ATTACHED },
+        { "list", no_argument, 0, 'L' },
         { "verbose", no_argument, 0, 'v' },
         { "help", no_argument, 0, 'h' },
         { "version", no_argument, 0, 'V' },
         { 0, 0, 0, 0 },
     };
     int c;
-    while ((c = getopt_long(argc, argv, "p:b:k:x:D:f:rsl:P:e:tc:d:vhV", lo, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "p:b:k:x:D:f:rsl:UP:e:tc:d:LvhV", lo, NULL)) != -1) {
         switch (c) {
         case 'p': parse_uint(optarg, "port", 65535); o->port = optarg; break;
         case 'b': o->bind = optarg; break;
@@ -129,6 +143,8 @@ static int parse_args(int argc, char **argv, struct nbd_options *o)
         case 'r': o->read_only = true; break;
         case 's': o->snapshot = true; break;
         case 'l': o->load_snapshot = optarg; break;
+        case 'U': o->force_share = true; break;
+        case OPT_RW: o->rw = true; break;
         case 'P': o->partition = (int)parse_uint(optarg, "partition number", 4096); break;
         case OPT_PARTITIONS: o->partitions = true; break;
         case 'e': o->shared = parse_uint(optarg, "client count", 65536); break;
@@ -143,11 +159,20 @@ static int parse_args(int argc, char **argv, struct nbd_options *o)
         case OPT_FOREGROUND: o->foreground = true; break;
         case OPT_FORCE: o->force = true; break;
         case OPT_LIST_ATTACHED: o->list_attached = true; break;
+        case 'L': o->list_exports = true; break;
         case 'v': o->verbose = true; break;
         case 'h': usage(stdout); exit(0);
         case 'V': printf("vdisk-nbd %s\n", VDISK_VERSION); exit(0);
         default: usage(stderr); return -1;
         }
+    }
+    if (o->list_exports) {
+        if (argc - optind != 0 || o->disconnect_dev || o->list_attached || o->connect_dev) {
+            fprintf(stderr, "vdisk-nbd: -L takes no IMAGE or other mode (only -k, or -b "
+                            "and -p)\n");
+            return -1;
+        }
+        return 0;
     }
     if (o->disconnect_dev || o->list_attached) {
         if (argc - optind != 0 || (o->disconnect_dev && o->list_attached) || o->connect_dev) {
@@ -158,6 +183,10 @@ static int parse_args(int argc, char **argv, struct nbd_options *o)
     }
     if (argc - optind != 1) {
         fprintf(stderr, "vdisk-nbd: expected one IMAGE (see --help)\n");
+        return -1;
+    }
+    if (o->force_share && !o->read_only && !o->load_snapshot) {
+        fprintf(stderr, "vdisk-nbd: --force-share needs -r (a shared image cannot be written)\n");
         return -1;
     }
     if (o->connect_dev && (o->partitions || o->socket_path || o->port || o->bind || o->fork ||
@@ -193,10 +222,12 @@ static int parse_args(int argc, char **argv, struct nbd_options *o)
 /* Open the image as the options say; messages name what to do instead. */
 static struct bf_image *open_image(const struct nbd_options *o)
 {
-    bool rw = !o->read_only && !o->snapshot && !o->load_snapshot;
+    /* remote images are read-only unless --rw asks (the export decides) */
+    bool rw = !o->read_only && !o->snapshot && !o->load_snapshot &&
+              (!bf_is_remote(o->image) || o->rw);
     struct bf_open_opts bo = {
         .format = o->format,
-        .flags = rw ? BF_OPEN_RDWR : 0,
+        .flags = (rw ? BF_OPEN_RDWR : 0) | (o->force_share ? BF_OPEN_FORCE_SHARE : 0),
         .snapshot = o->load_snapshot,
     };
     struct bf_image *img;
@@ -238,8 +269,13 @@ static int daemonize(const struct nbd_options *o)
         return -1;
     }
     if (pid > 0) {
-        if (o->pid_file && write_pid_file(o->pid_file, pid) < 0)
+        if (o->pid_file && write_pid_file(o->pid_file, pid) < 0) {
+            /* Leave no daemon whose PID nobody knows: stop it before it
+             * serves; main() then closes the listeners, removes the socket. */
+            kill(pid, SIGKILL);
+            waitpid(pid, NULL, 0);
             return -1;
+        }
         _exit(0);
     }
     setsid();
@@ -264,6 +300,8 @@ int main(int argc, char **argv)
         return detach_main(&o);
     if (o.list_attached)
         return list_attached_main();
+    if (o.list_exports)
+        return list_exports_main(&o);
 
     struct server s = { .opt = &o };
     pthread_mutex_init(&s.lock, NULL);

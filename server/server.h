@@ -33,13 +33,15 @@ struct nbd_options {
     const char *pid_file;
     int partition;              /* -P, -1 when not given */
     bool partitions;            /* --partitions */
-    bool read_only, snapshot, persistent, fork, verbose;
+    bool read_only, snapshot, persistent, fork, verbose, force_share;
+    bool rw;                    /* --rw: write through to a remote (URI) image */
     unsigned shared;            /* -e: maximum clients */
     unsigned threads;           /* workers per connection */
     /* kernel attach (-c/-d) */
     const char *connect_dev;    /* -c DEV or "auto" */
     const char *disconnect_dev; /* -d DEV */
     bool list_attached, foreground, force;
+    bool list_exports;          /* -L: list another server's exports */
     unsigned connections;       /* sockets for -c */
     unsigned timeout;           /* seconds before the kernel fails a request */
 };
@@ -107,6 +109,9 @@ struct conn {
 int attach_main(struct server *s);
 int detach_main(const struct nbd_options *o);
 int list_attached_main(void);
+
+/* list-exports.c: the -L mode; returns an exit status */
+int list_exports_main(const struct nbd_options *o);
 
 /* exports.c */
 int exports_build(struct server *s, char *err, size_t errlen);

@@ -1,0 +1,285 @@
+/* mount.c — `vdisk-mount [options] IMAGE MOUNTPOINT`: open the image (read-
+ * only unless --rw; -s for a throwaway overlay), build the view, mount it
+ * with FUSE and serve it.  Unless -f, the serving process forks into the
+ * background first and the command returns only once the mount exists, so
+ * a script can use it on the next line.  The serving process names itself
+ * in the mount's source ("vdisk:PID:IMAGE") so `-u` can wait for it.
+ *
+ * Thread model: everything here runs before the FUSE loop starts, and after
+ * it ends; fuse_loop_mt runs the operations on its own threads.
+ */
+#include "views.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static struct bf_image *open_image(const struct vm_options *o)
+{
+    struct bf_open_opts bo = {
+        .format = o->format,
+        .flags = (o->rw ? BF_OPEN_RDWR : 0) | (o->force_share ? BF_OPEN_FORCE_SHARE : 0),
+        .snapshot = o->snapshot,
+    };
+    struct bf_image *img;
+    int r = bf_open(o->image, &bo, &img);
+    if (r < 0) {
+        fprintf(stderr, "vdisk-mount: %s\n", bf_errmsg(img));
+        if (o->rw && (r == -EROFS || r == -EACCES || r == -EPERM))
+            fprintf(stderr, "vdisk-mount: to mount it anyway, leave out --rw (read-only) or "
+                            "use -s (writes go to a throwaway overlay)\n");
+        bf_close(img);
+        return NULL;
+    }
+    if (o->overlay && bf_open_overlay(img, &img) < 0) {
+        fprintf(stderr, "vdisk-mount: %s\n", bf_errmsg(img));
+        bf_close(img);
+        return NULL;
+    }
+    return img;
+}
+
+/* FUSE's own arguments: the mount's name and type, ro/rw, user's -o. */
+static int fuse_args_for(const struct vm_options *o, bool writable, struct fuse_args *a)
+{
+    char abs[PATH_MAX], opts[PATH_MAX + 256];
+    if (!realpath(o->image, abs))
+        snprintf(abs, sizeof abs, "%s", o->image);
+    /* commas separate FUSE options: keep them out of the name */
+    for (char *p = abs; *p; p++)
+        if (*p == ',')
+            *p = '_';
+    snprintf(opts, sizeof opts, "fsname=vdisk:%ld:%s,subtype=vdisk,%s", (long)getpid(), abs,
+             writable ? "rw" : "ro");
+    if (fuse_opt_add_arg(a, "vdisk-mount") < 0 || fuse_opt_add_arg(a, "-o") < 0 ||
+        fuse_opt_add_arg(a, opts) < 0)
+        return -1;
+    if (o->fuse_opts && (fuse_opt_add_arg(a, "-o") < 0 || fuse_opt_add_arg(a, o->fuse_opts) < 0))
+        return -1;
+    return 0;
+}
+
+/* An NBD URI whose socket=PATH is relative stops working once the serving
+ * process has moved to /: make PATH absolute (the directory percent-encoded).
+ * Returns @uri itself when there is nothing to do or no room in @buf. */
+static const char *uri_with_absolute_socket(const char *uri, char *buf, size_t len)
+{
+    const char *p = strstr(uri, "://") ? strchr(uri, '?') : NULL, *val = NULL;
+    for (; p && !val; p = strchr(p + 1, '&'))
+        if (strncmp(p + 1, "socket=", 7) == 0)
+            val = p + 8;
+    char cwd[PATH_MAX];
+    size_t o = val ? (size_t)(val - uri) : 0;
+    if (!val || *val == '/' || !*val || *val == '&' || *val == '#' || !getcwd(cwd, sizeof cwd) ||
+        o >= len)
+        return uri;
+    memcpy(buf, uri, o);
+    for (const char *c = cwd; *c; c++) {
+        unsigned char ch = (unsigned char)*c;
+        if (o + 4 >= len)
+            return uri;
+        if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+            strchr("/-._~", ch))
+            buf[o++] = (char)ch;
+        else
+            o += (size_t)snprintf(buf + o, len - o, "%%%02X", ch);
+    }
+    if (o + 2 + strlen(val) > len)
+        return uri;
+    buf[o++] = '/';
+    strcpy(buf + o, val);
+    return buf;
+}
+
+/* Tell the waiting parent how mounting went (in the foreground: stderr). */
+static void report(int fd, const char *msg)
+{
+    if (fd < 0) {
+        if (msg)
+            fprintf(stderr, "vdisk-mount: %s\n", msg);
+        return;
+    }
+    char line[1200];
+    int n = snprintf(line, sizeof line, "%s%s\n", msg ? "error " : "ok", msg ? msg : "");
+    (void)!write(fd, line, (size_t)n);
+    close(fd);
+}
+
+static int write_pid_file(const char *path)
+{
+    FILE *f = fopen(path, "w");
+    if (!f || fprintf(f, "%ld\n", (long)getpid()) < 0 || fclose(f) != 0)
+        return -1;
+    return 0;
+}
+
+/* The serving process: mount, report, serve until unmounted, clean up. */
+static int serve(const struct vm_options *o, int status_fd)
+{
+    struct bf_image *img = open_image(o);
+    if (!img) {
+        report(status_fd, "cannot open the image (see above)");
+        return 1;
+    }
+    bool writable = bf_is_writable(img) && o->nfs == 0 && !o->all;
+    struct view_owner owner;
+    view_owner_init(&owner, o->image);
+    char err[1024];
+    const struct fuse_operations *ops;
+    void *view;
+    bool fsview = o->nfs > 0 || o->all;
+    if (fsview) {
+        ops = &fstree_ops;
+        view = fstree_build(img, o, &owner, err, sizeof err);
+    } else {
+        ops = &diskview_ops;
+        view = diskview_build(img, writable, &owner, err, sizeof err);
+    }
+    if (!view) {
+        report(status_fd, err);
+        bf_close(img);
+        return 1;
+    }
+
+    struct fuse_args args = FUSE_ARGS_INIT(0, NULL);
+    struct fuse *f = NULL;
+    int rc = 1;
+    if (fuse_args_for(o, writable, &args) < 0) {
+        report(status_fd, "out of memory");
+        goto out;
+    }
+    f = fuse_new(&args, ops, sizeof *ops, view);
+    if (!f) {
+        report(status_fd, "cannot set up FUSE (bad -o option?)");
+        goto out;
+    }
+    if (fuse_mount(f, o->mountpoint) != 0) {
+        snprintf(err, sizeof err, "cannot mount on %s (does it exist, is it a directory, "
+                 "is /dev/fuse usable?)", o->mountpoint);
+        report(status_fd, err);
+        fuse_destroy(f);
+        f = NULL;
+        goto out;
+    }
+    if (o->pid_file && write_pid_file(o->pid_file) < 0) {
+        snprintf(err, sizeof err, "%s: %s", o->pid_file, strerror(errno));
+        report(status_fd, err);
+        fuse_unmount(f);
+        goto out;
+    }
+    report(status_fd, NULL);            /* the mount exists: the command may return */
+    if (status_fd >= 0 && !o->verbose) {
+        int null = open("/dev/null", O_WRONLY | O_CLOEXEC);
+        if (null >= 0) {
+            dup2(null, 2);             /* do not hold the caller's stderr open */
+            close(null);
+        }
+    }
+
+    struct fuse_session *se = fuse_get_session(f);
+    fuse_set_signal_handlers(se);
+    struct fuse_loop_config cfg = { .clone_fd = 0, .max_idle_threads = 16 };
+    rc = fuse_loop_mt(f, &cfg) == 0 ? 0 : 1;
+    fuse_remove_signal_handlers(se);
+    fuse_unmount(f);
+    if (o->pid_file)
+        unlink(o->pid_file);
+out:
+    if (f)
+        fuse_destroy(f);
+    fuse_opt_free_args(&args);
+    if (fsview)
+        fstree_free(view);
+    else
+        diskview_free(view);
+    if (bf_is_writable(img) && bf_flush(img) < 0) {
+        fprintf(stderr, "vdisk-mount: %s\n", bf_errmsg(img));
+        rc = 1;
+    }
+    bf_close(img);
+    return rc;
+}
+
+int vm_mount(const struct vm_options *o)
+{
+    struct stat st;
+    if (stat(o->mountpoint, &st) < 0 || !S_ISDIR(st.st_mode)) {
+        fprintf(stderr, "vdisk-mount: %s: %s\n", o->mountpoint,
+                errno && stat(o->mountpoint, &st) < 0 ? strerror(errno) : "not a directory");
+        return 1;
+    }
+    if ((o->nfs || o->all) && (o->rw || o->overlay)) {
+        fprintf(stderr, "vdisk-mount: the filesystem view is read-only; --rw and -s apply to "
+                        "the disk view\n");
+        return 2;
+    }
+    view_verbose = o->verbose || o->foreground;
+    if (o->foreground)
+        return serve(o, -1);
+
+    /* The background process leaves the caller's directory (so it does not
+     * keep it busy): make the paths it needs absolute first. */
+    struct vm_options abs = *o;
+    char img[PATH_MAX], mnt[PATH_MAX], pidf[PATH_MAX];
+    if (realpath(o->image, img))
+        abs.image = img;
+    else                                /* an NBD URI? */
+        abs.image = uri_with_absolute_socket(o->image, img, sizeof img);
+    if (realpath(o->mountpoint, mnt))
+        abs.mountpoint = mnt;
+    if (o->pid_file && o->pid_file[0] != '/') {
+        char cwd[PATH_MAX];
+        if (getcwd(cwd, sizeof cwd) &&
+            snprintf(pidf, sizeof pidf, "%s/%s", cwd, o->pid_file) < (int)sizeof pidf)
+            abs.pid_file = pidf;
+    }
+    o = &abs;
+
+    int p[2];
+    if (pipe2(p, O_CLOEXEC) < 0) {
+        fprintf(stderr, "vdisk-mount: pipe: %s\n", strerror(errno));
+        return 1;
+    }
+    pid_t pid = fork();
+    if (pid < 0) {
+        fprintf(stderr, "vdisk-mount: fork: %s\n", strerror(errno));
+        return 1;
+    }
+    if (pid == 0) {
+        close(p[0]);
+        setsid();
+        if (chdir("/") < 0)
+            _exit(1);
+        int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+        if (null >= 0) {
+            dup2(null, 0);
+            dup2(null, 1);
+        }
+        int rc = serve(o, p[1]);
+        _exit(rc);
+    }
+    close(p[1]);
+    char line[1200];
+    size_t got = 0;
+    ssize_t k;
+    while (got < sizeof line - 1 &&
+           ((k = read(p[0], line + got, sizeof line - 1 - got)) > 0 || (k < 0 && errno == EINTR)))
+        if (k > 0)
+            got += (size_t)k;
+    line[got] = 0;
+    close(p[0]);
+    line[strcspn(line, "\n")] = 0;
+    if (!strcmp(line, "ok"))
+        return 0;
+    if (!strncmp(line, "error ", 6))
+        fprintf(stderr, "vdisk-mount: %s\n", line + 6);
+    else
+        fprintf(stderr, "vdisk-mount: the serving process ended before mounting\n");
+    return 1;
+}
