@@ -260,3 +260,35 @@ process_gone() {
     st=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 0
     [ -z "$st" ] || [ "$st" = Z ] || [ "$st" = X ]
 }
+
+# ---- qcow2 write tests (tests/test-qcow2-write-model.sh, -crash.sh, -locking.sh) ----
+
+# require_nbd_python: sets NBD_PYTHON to a python3 that can `import nbd`
+# (python3-libnbd; see require_nbdsh), for tests/qcow2_model.py.
+require_nbd_python() {
+    require_nbdsh
+    NBD_PYTHON=$T/.pybin/python3
+}
+
+# qemu_in DIR CMD...: run a qemu tool from DIR (qemu 7.2 opens a relative
+# external data file name relative to its working directory).
+qemu_in() { local d=$1; shift; (cd "$d" && "$@"); }
+
+# qcheck_rc DIR IMAGE: the exit status of `qemu-img check` of IMAGE run in
+# DIR (0 clean, 2 corruption, 3 leaks only); its output is in $T/.qcheck.
+qcheck_rc() {
+    local rc=0
+    qemu_in "$1" qemu-img check "$2" >"$T/.qcheck" 2>&1 || rc=$?
+    echo "$rc"
+}
+
+# stop_pid PID: SIGTERM a helper process this script started, SIGKILL after
+# 5 s, and reap it (a cleanup hook for background qemu-io and the like).
+stop_pid() {
+    local i
+    kill "$1" 2>/dev/null
+    for ((i = 0; i < 50; i++)); do alive "$1" || break; sleep 0.1; done
+    alive "$1" && kill -9 "$1" 2>/dev/null
+    wait "$1" 2>/dev/null
+    return 0
+}

@@ -25,7 +25,9 @@ mk() {
     dd if="$T/p1.img" of="$T/disk.raw" bs=512 seek=2048 conv=notrunc status=none &&
     dd if="$T/p2.img" of="$T/disk.raw" bs=512 seek=26624 conv=notrunc status=none &&
     qemu-img convert -c -O qcow2 "$T/disk.raw" "$T/disk.qcow2" &&
-    cp "$T/disk.raw" "$T/share/rw.raw" && cp "$T/disk.raw" "$T/share/s.raw"
+    cp "$T/disk.raw" "$T/share/rw.raw" && cp "$T/disk.raw" "$T/share/s.raw" &&
+    cp "$T/disk.raw" "$T/share/base.raw" &&
+    qemu-img create -q -f qcow2 -b base.raw -F raw "$T/share/rw.qcow2"
 }
 check "host: a qcow2 holding an MBR disk with ext4 and FAT partitions" mk
 
@@ -45,4 +47,16 @@ out=$(MTOOLS_SKIP_CHECK=1 mtype -i "$T/rw-p2.img" ::/NEW.TXT 2>&1)
 [ "$out" = "fat through nbd" ] && ok "host: the FAT file written in the VM is in the image" ||
     not_ok "host: NEW.TXT" "$out"
 same_file "host: the -s image is byte-for-byte unchanged" "$T/share/s.raw" "$T/disk.raw"
+
+# What the VM wrote through /dev/nbd6 is in the qcow2, and only there.
+check "host: qemu-img check of the qcow2 written through the kernel" qemu-img check -q "$T/share/rw.qcow2"
+same_file "host: the qcow2's backing file is unchanged" "$T/share/base.raw" "$T/disk.raw"
+qemu-img convert -O raw "$T/share/rw.qcow2" "$T/q.raw"
+dd if="$T/q.raw" of="$T/q-p1.img" bs=512 skip=2048 count=24576 status=none
+check "host: the ext4 inside the qcow2 is clean (e2fsck -fn)" e2fsck -fn "$T/q-p1.img"
+out=$(debugfs -R 'cat /q.txt' "$T/q-p1.img" 2>/dev/null)
+[ "$out" = "written into a qcow2" ] && ok "host: the file written in the VM is in the qcow2" ||
+    not_ok "host: q.txt in the qcow2" "$out"
+debugfs -R 'dump /qblob '"$T/qblob" "$T/q-p1.img" >/dev/null 2>&1
+same_file "host: the copied blob is intact in the qcow2" "$T/qblob" "$T/blob.bin"
 done_testing

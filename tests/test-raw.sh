@@ -157,8 +157,10 @@ ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0 \
 Q=$T/img.qcow2
 qemu-img create -q -f qcow2 "$Q" 4M
 qemu-io -f qcow2 -c 'write -q -P 0x77 0 64k' "$Q"
-check_fails "qcow2 opened --rw fails: not writable yet" "qcow2 images cannot be written" \
-    "$BFTEST" --rw info "$Q"
+qemu-img create -q -f vmdk "$T/img.vmdk" 4M
+check_fails "a read-only format (vmdk) opened --rw fails, saying so" \
+    "vmdk images cannot be written" "$BFTEST" --rw info "$T/img.vmdk"
+check "qcow2 opens --rw" "$BFTEST" --rw info "$Q"
 check "-f raw on a qcow2 file" "$BFTEST" -f raw cat "$Q" "$T/out"
 same_file "-f raw on a qcow2 file reads its bytes as they are" "$T/out" "$Q"
 # An Apple disk image has no header, only a "koly" trailer in its last 512

@@ -298,7 +298,9 @@ q() { printf "'%s'" "${1//\'/\'\\\'\'}"; }
     echo "VM_TIMEOUT=$inner"
     echo "VMLIB=/vmlib.sh; export VMLIB"
     for v in ASAN_OPTIONS UBSAN_OPTIONS LSAN_OPTIONS; do
-        [ -n "${!v:-}" ] && echo "$v=$(q "${!v}"); export $v"
+        # the host's log_path means nothing in the VM: reports go to stderr there
+        val=$(printf '%s' "${!v:-}" | tr ':' '\n' | grep -v '^log_path=' | paste -sd: -)
+        [ -n "$val" ] && echo "$v=$(q "$val"); export $v"
     done
     for e in "${envs[@]}"; do echo "${e%%=*}=$(q "${e#*=}"); export ${e%%=*}"; done
 } >"$rs/etc/vm-env"

@@ -2,7 +2,8 @@
 # tests/test-kernel-attach.sh), in the VM.  FILEs: disk.qcow2 (MBR: p1 ext4,
 # p2 FAT, both holding hello.txt and sub/blob.bin), disk.raw (its bytes),
 # hello.txt, blob.bin.  --share: rw.raw (a raw copy of the disk, written here
-# and checked by the host) and s.raw (must stay unchanged).
+# and checked by the host), rw.qcow2 over base.raw (written here; base.raw
+# must stay unchanged) and s.raw (must stay unchanged).
 . /vmlib.sh
 
 server_pid() { vdisk-nbd --list-attached | awk -v d="$1" '$1 == d { for (i = 1; i <= NF; i++) if ($i == "pid") print $(i + 1) }'; }
@@ -54,6 +55,13 @@ check "mount its FAT read-write" mount -t vfat /dev/nbd1p2 /mnt/b
 check "write a FAT file" sh -c 'echo "fat through nbd" > /mnt/b/NEW.TXT && sync'
 check "unmount" sh -c 'umount /mnt/a && umount /mnt/b'
 check "-d the read-write device" vdisk-nbd -d /dev/nbd1
+
+# --- read-write attach of a qcow2 over a raw backing file: the overlay takes the writes ---
+check "-c /dev/nbd6 rw.qcow2 (read-write, backing file base.raw)" vdisk-nbd -c /dev/nbd6 /share/rw.qcow2
+check "mount its ext4 read-write" mount -t ext4 /dev/nbd6p1 /mnt/a
+check "write files into the qcow2" sh -c 'echo "written into a qcow2" > /mnt/a/q.txt && cp /data/blob.bin /mnt/a/qblob && sync'
+check "unmount" umount /mnt/a
+check "-d the qcow2 device" vdisk-nbd -d /dev/nbd6
 
 # --- -s: writes visible while attached, the image untouched ---
 sum_before=$(sha256sum /share/s.raw | cut -d' ' -f1)
