@@ -475,7 +475,8 @@ static void json(const char *path, struct bf_image *img, const struct listing *l
 
 int vm_list(const struct vm_options *o)
 {
-    struct bf_open_opts oo = { .format = o->format, .snapshot = o->snapshot };
+    struct bf_open_opts oo = { .format = o->format, .snapshot = o->snapshot,
+                               .flags = o->force_share ? BF_OPEN_FORCE_SHARE : 0 };
     struct bf_image *img;
     if (bf_open(o->image, &oo, &img) < 0) {
         fprintf(stderr, "vdisk-mount: %s\n", bf_errmsg(img));

@@ -42,5 +42,20 @@ kill "$(cat "$demo/nbd.pid")"
 trap - EXIT
 
 echo
-echo "Next: the FUSE mounts (vdisk-mount IMAGE DIR) and kernel attach (vdisk-nbd -c)"
-echo "join this demo as they land."
+echo "== the disk view through FUSE: the whole disk and each partition as files"
+mkdir -p "$demo/disk" "$demo/files-view"
+trap '"$build/vdisk-mount" -u "$demo/disk" 2>/dev/null; "$build/vdisk-mount" -u "$demo/files-view" 2>/dev/null' EXIT
+run "$build/vdisk-mount" sample.qcow2 "$demo/disk"
+run ls -l "$demo/disk"
+echo
+echo "== the files inside p1, without root, without a VM, without journal replay"
+run "$build/vdisk-mount" -m p1 sample.qcow2 "$demo/files-view"
+run ls -l "$demo/files-view" "$demo/files-view/docs"
+run cat "$demo/files-view/hello.txt"
+run "$build/vdisk-mount" -u "$demo/files-view"
+run "$build/vdisk-mount" -u "$demo/disk"
+trap - EXIT
+
+echo
+echo "Attaching to the kernel (vdisk-nbd -c /dev/nbd0 sample.qcow2) needs root and the"
+echo "nbd module; 'make check' tests it in a VM running Debian's kernel."

@@ -17,7 +17,7 @@ TEST_PKGS="$TEST_PKGS qemu-system-x86 linux-image-amd64 busybox-static cpio kmod
 # The filesystem-view tests (tests/test-mount-fs.sh, test-mount-list.sh): file
 # system makers and fillers, an ISO builder, and The Sleuth Kit's tools as oracle.
 TEST_PKGS="$TEST_PKGS ntfs-3g exfatprogs exfat-fuse xorriso sleuthkit"
-TEST_PKGS="$TEST_PKGS python3-libnbd fio"
+TEST_PKGS="$TEST_PKGS python3-libnbd fio fuse3"
 
 missing=""
 for p in $BUILD_PKGS $TEST_PKGS; do
