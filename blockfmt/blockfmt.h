@@ -114,6 +114,16 @@ void bf_snapshots_free(struct bf_snapshot *list, size_t n);
  * within bf_size(); unallocated ranges read from the backing image or as zero. */
 int bf_pread(struct bf_image *img, void *buf, size_t len, uint64_t off);
 
+/* bf_pread that also says which parts the image knows read as zero without
+ * reading them (zero clusters, unallocated ranges with no backing data, the
+ * part past a shorter backing file): @fn is called with each such range, in
+ * order, in this image's offsets.  The buffer holds zeros there too.  Holes
+ * in a raw file are looked for only in reads of 64 KiB or more (finding them
+ * costs system calls).  For servers that send zeros as holes. */
+typedef void (*bf_zero_fn)(void *ctx, uint64_t off, uint64_t len);
+int bf_pread_zeros(struct bf_image *img, void *buf, size_t len, uint64_t off, bf_zero_fn fn,
+                   void *ctx);
+
 /* Write @len bytes.  -EROFS when the image was opened read-only or its format
  * cannot be written. */
 int bf_pwrite(struct bf_image *img, const void *buf, size_t len, uint64_t off);

@@ -8,6 +8,8 @@
 
 #include <inttypes.h>
 
+#define RAW_HOLE_READ_MIN (64u << 10)
+
 static int raw_probe(const uint8_t *head, size_t len)
 {
     (void)head;
@@ -34,7 +36,10 @@ static int raw_map(struct bf_image *img, uint64_t off, uint64_t len, unsigned fl
     m->src = img->src;
     m->host_off = off;
     m->len = len;
-    if ((flags & BF_MAPF_STATUS) && img->src->ops->extent) {
+    /* Holes cost a system call or two to find: worth it for block status,
+     * and for reads that report zeros when the read is large. */
+    bool look = (flags & BF_MAPF_STATUS) || ((flags & BF_MAPF_ZEROS) && len >= RAW_HOLE_READ_MIN);
+    if (look && img->src->ops->extent) {
         bool hole;
         uint64_t run;
         int r = img->src->ops->extent(img->src, off, len, &hole, &run);

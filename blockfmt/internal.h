@@ -148,6 +148,9 @@ int bf_map_units(uint64_t off, uint64_t len, uint64_t unit_size, bf_unit_fn fn, 
 enum {
     BF_MAPF_STATUS = 1u << 0, /* caller wants block status: be precise about
                                  holes even if it costs a system call */
+    BF_MAPF_ZEROS  = 1u << 1, /* a read that reports zero ranges (bf_pread_zeros):
+                                 look for holes where that is cheap compared
+                                 with the read itself */
 };
 
 struct bf_driver {

@@ -42,17 +42,35 @@ static int do_map(struct bf_image *img, uint64_t off, uint64_t len, unsigned fla
 
 /* ---------------------------------------------------------------- reads */
 
-static int read_backing(struct bf_image *img, void *buf, uint64_t len, uint64_t off)
+/* Where a read reports the ranges it knows read as zero (bf_pread_zeros):
+ * offsets are the top-level image's. */
+struct zeros {
+    bf_zero_fn fn;
+    void *ctx;
+};
+
+static void zero_fill(void *buf, uint64_t len, uint64_t top, const struct zeros *z)
+{
+    memset(buf, 0, len);
+    if (z && len)
+        z->fn(z->ctx, top, len);
+}
+
+static int pread_top(struct bf_image *img, void *buf, size_t len, uint64_t off,
+                     const struct zeros *z, uint64_t top);
+
+static int read_backing(struct bf_image *img, void *buf, uint64_t len, uint64_t off,
+                        const struct zeros *z, uint64_t top)
 {
     struct bf_image *b = img->backing;
     uint64_t n = 0;
     if (b && off < b->size) {
         n = bf_min64(len, b->size - off);
-        int r = bf_pread(b, buf, n, off);
+        int r = pread_top(b, buf, n, off, z, top);
         if (r < 0)
             return bf_err_from(img, b, r, "");
     }
-    memset((uint8_t *)buf + n, 0, len - n);   /* past a shorter backing file: zero */
+    zero_fill((uint8_t *)buf + n, len - n, top + n, z);   /* past a shorter backing file */
     return 0;
 }
 
@@ -138,26 +156,14 @@ static int read_compressed(struct bf_image *img, const struct bf_map *m, void *b
     return 0;
 }
 
-int bf_pread(struct bf_image *img, void *buf, size_t len, uint64_t off)
-{
-    int r = check_range(img, off, len, "read");
-    if (r < 0)
-        return r;
-    if (!img->drv->io_begin)
-        return bf_pread_nolock(img, buf, len, off);
-    img->drv->io_begin(img);
-    r = bf_pread_nolock(img, buf, len, off);
-    img->drv->io_end(img);
-    return r;
-}
-
-int bf_pread_nolock(struct bf_image *img, void *buf, size_t len, uint64_t off)
+static int pread_impl(struct bf_image *img, void *buf, size_t len, uint64_t off,
+                      const struct zeros *z, uint64_t top)
 {
     int r;
     uint8_t *p = buf;
     while (len > 0) {
         struct bf_map m;
-        r = do_map(img, off, len, 0, &m);
+        r = do_map(img, off, len, z ? BF_MAPF_ZEROS : 0, &m);
         if (r < 0)
             return r;
         switch (m.kind) {
@@ -168,16 +174,16 @@ int bf_pread_nolock(struct bf_image *img, void *buf, size_t len, uint64_t off)
                            m.src->name, m.host_off, strerror(-r));
             break;
         case BF_MAP_ZERO:
-            memset(p, 0, m.len);
+            zero_fill(p, m.len, top, z);
             break;
         case BF_MAP_UNALLOC:
-            r = read_backing(img, p, m.len, off);
+            r = read_backing(img, p, m.len, off, z, top);
             break;
         case BF_MAP_COMPRESSED:
             r = read_compressed(img, &m, p, off);
             break;
         case BF_MAP_IMAGE:
-            r = bf_pread(m.image, p, m.len, m.image_off);
+            r = pread_top(m.image, p, m.len, m.image_off, z, top);
             if (r < 0)
                 r = bf_err_from(img, m.image, r, "");
             break;
@@ -188,9 +194,42 @@ int bf_pread_nolock(struct bf_image *img, void *buf, size_t len, uint64_t off)
             return r;
         p += m.len;
         off += m.len;
+        top += m.len;
         len -= m.len;
     }
     return 0;
+}
+
+/* A read of a whole image: range check and its driver's read bracket. */
+static int pread_top(struct bf_image *img, void *buf, size_t len, uint64_t off,
+                     const struct zeros *z, uint64_t top)
+{
+    int r = check_range(img, off, len, "read");
+    if (r < 0)
+        return r;
+    if (!img->drv->io_begin)
+        return pread_impl(img, buf, len, off, z, top);
+    img->drv->io_begin(img);
+    r = pread_impl(img, buf, len, off, z, top);
+    img->drv->io_end(img);
+    return r;
+}
+
+int bf_pread(struct bf_image *img, void *buf, size_t len, uint64_t off)
+{
+    return pread_top(img, buf, len, off, NULL, off);
+}
+
+int bf_pread_zeros(struct bf_image *img, void *buf, size_t len, uint64_t off, bf_zero_fn fn,
+                   void *ctx)
+{
+    struct zeros z = { fn, ctx };
+    return pread_top(img, buf, len, off, fn ? &z : NULL, off);
+}
+
+int bf_pread_nolock(struct bf_image *img, void *buf, size_t len, uint64_t off)
+{
+    return pread_impl(img, buf, len, off, NULL, off);
 }
 
 /* --------------------------------------------------------------- writes */

@@ -95,6 +95,55 @@ static int validate(struct conn *c, const struct request *r)
 
 struct seg { uint64_t off, len; bool hole; };
 
+#define MIN_HOLE 4096        /* smaller zero runs go out as data: a chunk costs more */
+
+/* The chunks of one read reply, built from the zero ranges the library
+ * reports (in order): data, hole, data, ... */
+struct segs {
+    struct seg *v;
+    size_t n, cap;
+    uint64_t base;           /* where the next data segment starts */
+    int err;
+};
+
+static void push_seg(struct segs *s, uint64_t off, uint64_t len, bool hole)
+{
+    if (len == 0 || s->err)
+        return;
+    if (s->n > 0 && s->v[s->n - 1].hole == hole &&
+        s->v[s->n - 1].off + s->v[s->n - 1].len == off) {
+        s->v[s->n - 1].len += len;
+        return;
+    }
+    if (s->n == s->cap) {
+        size_t cap = s->cap ? s->cap * 2 : 8;
+        struct seg *nv = realloc(s->v, cap * sizeof *nv);
+        if (!nv) {
+            s->err = -ENOMEM;
+            return;
+        }
+        s->v = nv;
+        s->cap = cap;
+    }
+    s->v[s->n++] = (struct seg){ off, len, hole };
+}
+
+static void note_zero(void *ctx, uint64_t off, uint64_t len)
+{
+    struct segs *s = ctx;
+    if (len < MIN_HOLE)
+        return;              /* stays inside the data around it */
+    push_seg(s, s->base, off - s->base, false);
+    push_seg(s, off, len, true);
+    s->base = off + len;
+}
+
+static int segs_finish(struct segs *s, uint64_t end)
+{
+    push_seg(s, s->base, end - s->base, false);
+    return s->err;
+}
+
 static void do_read(struct conn *c, const struct request *r)
 {
     struct bf_image *img = c->exp->img;
@@ -117,48 +166,23 @@ static void do_read(struct conn *c, const struct request *r)
         return;
     }
 
-    /* Find the holes first (unless the client wants one chunk), then read
-     * the data between them into one buffer at their final positions. */
-    size_t cap = 16, n = 0;
-    struct seg *segs = malloc(cap * sizeof *segs);
+    /* One read; the library tells which parts it knew to be zero, and those
+     * go out as hole chunks (unless the client wants a single chunk). */
+    struct segs sg = { .base = r->offset };
     uint8_t *buf = malloc(len);
-    int e = segs && buf ? 0 : -ENOMEM;
-    for (uint64_t off = r->offset, end = r->offset + len; e == 0 && off < end;) {
-        bool hole = false;
-        uint64_t run = end - off;
-        if (!(r->flags & NBD_CMD_FLAG_DF)) {
-            struct bf_status st;
-            e = bf_block_status(img, off, end - off, &st);
-            if (e < 0)
-                break;
-            hole = (st.flags & BF_STATUS_ZERO) != 0;
-            run = st.len;
-        }
-        if (n > 0 && segs[n - 1].hole == hole) {
-            segs[n - 1].len += run;
-        } else {
-            if (n == cap) {
-                struct seg *ns = realloc(segs, 2 * cap * sizeof *segs);
-                if (!ns) {
-                    e = -ENOMEM;
-                    break;
-                }
-                segs = ns;
-                cap *= 2;
-            }
-            segs[n++] = (struct seg){ off, run, hole };
-        }
-        off += run;
-    }
-    for (size_t i = 0; e == 0 && i < n; i++)
-        if (!segs[i].hole)
-            e = bf_pread(img, buf + (segs[i].off - r->offset), segs[i].len, segs[i].off);
+    int e = buf ? bf_pread_zeros(img, buf, len, r->offset,
+                                 (r->flags & NBD_CMD_FLAG_DF) ? NULL : note_zero, &sg)
+                : -ENOMEM;
+    if (e == 0)
+        e = segs_finish(&sg, r->offset + len);
     if (e < 0) {
         fail_image(c, r, e);
-        free(segs);
+        free(sg.v);
         free(buf);
         return;
     }
+    struct seg *segs = sg.v;
+    size_t n = sg.n;
 
     /* Two iovecs per data chunk (header+offset, data), one per hole chunk. */
     struct iovec *iov = malloc(2 * n * sizeof *iov);

@@ -198,9 +198,7 @@ static void *conn_thread(void *arg)
     vlog(s, "connection %u: closed", c->id);
 
     pthread_mutex_destroy(&c->send_lock);
-    pthread_mutex_destroy(&c->qlock);
-    pthread_cond_destroy(&c->qcond);
-    pthread_cond_destroy(&c->qspace);
+    pthread_mutex_destroy(&c->read_lock);
     free(c->meta_export);
     free(c);
     (void)!write(s->wake[1], "c", 1);
@@ -221,9 +219,7 @@ void server_add_conn(struct server *s, int fd, struct export *direct, uint16_t t
     c->exp = direct;
     c->tflags = tflags;
     pthread_mutex_init(&c->send_lock, NULL);
-    pthread_mutex_init(&c->qlock, NULL);
-    pthread_cond_init(&c->qcond, NULL);
-    pthread_cond_init(&c->qspace, NULL);
+    pthread_mutex_init(&c->read_lock, NULL);
     atomic_init(&c->dead, false);
 
     pthread_mutex_lock(&s->lock);

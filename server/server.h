@@ -2,9 +2,10 @@
  * and a connection.
  *
  * Thread model: the main thread accepts connections; each connection has one
- * thread that negotiates and then reads requests, and a pool of worker
- * threads that execute them and send replies (replies are serialised by the
- * connection's send lock, so they go out whole and in any order).  The
+ * thread that negotiates, then a pool of worker threads that take turns
+ * reading a request and each execute the one they read, replying in any
+ * order (replies are serialised by the connection's send lock, so they go
+ * out whole).  The
  * exports and the images under them are shared by all connections; the
  * image library is safe for that.
  */
@@ -78,7 +79,6 @@ struct request {
     uint64_t cookie, offset, length;
     uint8_t *payload;           /* WRITE data, malloc'd */
     int early_error;            /* NBD error found while reading, 0 if none */
-    struct request *next;
 };
 
 struct conn {
@@ -96,12 +96,8 @@ struct conn {
 
     /* transmission */
     pthread_mutex_t send_lock;
-    pthread_mutex_t qlock;
-    pthread_cond_t qcond;       /* work queued, or reader finished */
-    pthread_cond_t qspace;      /* in-flight count dropped */
-    struct request *qhead, *qtail;
-    unsigned inflight;          /* queued + executing */
-    bool reader_done;
+    pthread_mutex_t read_lock;  /* the worker reading the next request holds it */
+    bool reader_done;           /* DISC, EOF or a protocol error: read no more */
     atomic_bool dead;           /* a send failed: the client is gone */
 };
 

@@ -1,51 +1,20 @@
-/* transmission.c — the transmission phase of one connection: the connection
- * thread reads requests (and WRITE payloads) and queues them; a pool of
- * worker threads executes them and replies, in whatever order they finish.
+/* transmission.c — the transmission phase of one connection: a pool of
+ * workers that take turns reading a request (and its WRITE payload) from the
+ * socket and each execute the request it read, replying in whatever order
+ * they finish (the leader/follower pattern: no queue, no hand-off).
  *
- * Thread model: the reader is the only thread reading the socket; workers
- * only write to it, under the send lock (reply.c).  The queue is guarded by
- * qlock.  At most MAX_INFLIGHT requests are queued or executing, so a client
- * that floods us cannot make us buffer without bound.  On NBD_CMD_DISC, EOF
- * or a protocol error the reader stops; queued requests still run and get
- * their replies, then the workers exit.
+ * Thread model: read_lock lets one worker at a time read the socket;
+ * replies are written under the send lock (reply.c).  At most one request
+ * per worker is in memory, so a client that floods us cannot make us buffer
+ * without bound.  On NBD_CMD_DISC, EOF or a protocol error no more requests
+ * are read; those being executed still get their replies, then the workers
+ * exit.
  */
 #include "server.h"
 
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-
-#define MAX_INFLIGHT 64
-
-static void *worker(void *arg)
-{
-    struct conn *c = arg;
-    for (;;) {
-        pthread_mutex_lock(&c->qlock);
-        while (!c->qhead && !c->reader_done)
-            pthread_cond_wait(&c->qcond, &c->qlock);
-        struct request *r = c->qhead;
-        if (r) {
-            c->qhead = r->next;
-            if (!c->qhead)
-                c->qtail = NULL;
-        }
-        pthread_mutex_unlock(&c->qlock);
-        if (!r)
-            break;
-        /* Once a send has failed nobody can get the reply: skip the work
-         * (an unanswered request may or may not have been done). */
-        if (!atomic_load(&c->dead))
-            handle_request(c, r);
-        free(r->payload);
-        free(r);
-        pthread_mutex_lock(&c->qlock);
-        c->inflight--;
-        pthread_cond_signal(&c->qspace);
-        pthread_mutex_unlock(&c->qlock);
-    }
-    return NULL;
-}
 
 enum { RQ_OK = 0, RQ_STOP = 1, RQ_DROP = -1 };
 
@@ -104,48 +73,50 @@ static int read_request(struct conn *c, struct request *r)
     return RQ_OK;
 }
 
+/* One worker: read a request (the read lock makes the turns), then execute
+ * it while another worker reads the next.  No hand-off between threads, so
+ * a small request costs no context switch. */
+static void *worker(void *arg)
+{
+    struct conn *c = arg;
+    for (;;) {
+        pthread_mutex_lock(&c->read_lock);
+        if (c->reader_done || atomic_load(&c->dead)) {
+            pthread_mutex_unlock(&c->read_lock);
+            break;
+        }
+        struct request *r = calloc(1, sizeof *r);
+        int rr = r ? read_request(c, r) : RQ_DROP;
+        if (rr != RQ_OK) {
+            c->reader_done = true;
+            if (rr == RQ_STOP)
+                vlog(c->srv, "connection %u: client disconnected", c->id);
+        }
+        pthread_mutex_unlock(&c->read_lock);
+        if (rr == RQ_OK && !atomic_load(&c->dead))
+            handle_request(c, r);
+        /* Once a send has failed nobody can get a reply: the requests read
+         * after that are dropped (an unanswered request may or may not have
+         * been done, as the protocol allows). */
+        if (r)
+            free(r->payload);
+        free(r);
+        if (rr != RQ_OK)
+            break;
+    }
+    return NULL;
+}
+
 void nbd_transmission(struct conn *c)
 {
+    /* The connection's own thread is one of the workers. */
     unsigned n = c->srv->opt->threads ? c->srv->opt->threads : 1;
     pthread_t *tids = calloc(n, sizeof *tids);
     unsigned started = 0;
-    for (unsigned i = 0; tids && i < n; i++)
+    for (unsigned i = 1; tids && i < n; i++)
         if (pthread_create(&tids[i], NULL, worker, c) == 0)
-            started++;
-
-    while (started > 0) {
-        pthread_mutex_lock(&c->qlock);
-        while (c->inflight >= MAX_INFLIGHT && !atomic_load(&c->dead))
-            pthread_cond_wait(&c->qspace, &c->qlock);
-        pthread_mutex_unlock(&c->qlock);
-        if (atomic_load(&c->dead))
-            break;
-        struct request *r = calloc(1, sizeof *r);
-        if (!r)
-            break;
-        int rr = read_request(c, r);
-        if (rr != RQ_OK) {
-            free(r->payload);
-            free(r);
-            if (rr == RQ_STOP)
-                vlog(c->srv, "connection %u: client disconnected", c->id);
-            break;
-        }
-        pthread_mutex_lock(&c->qlock);
-        if (c->qtail)
-            c->qtail->next = r;
-        else
-            c->qhead = r;
-        c->qtail = r;
-        c->inflight++;
-        pthread_cond_signal(&c->qcond);
-        pthread_mutex_unlock(&c->qlock);
-    }
-
-    pthread_mutex_lock(&c->qlock);
-    c->reader_done = true;
-    pthread_cond_broadcast(&c->qcond);
-    pthread_mutex_unlock(&c->qlock);
+            tids[started++] = tids[i];
+    worker(c);
     for (unsigned i = 0; i < started; i++)
         pthread_join(tids[i], NULL);
     free(tids);
