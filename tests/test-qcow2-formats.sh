@@ -145,7 +145,7 @@ for cs in 512 4096 65536 2097152; do
         img=$T/c$cs-$compat.qcow2
         if ! qemu-img create -q -f qcow2 -o "cluster_size=$cs,compat=$compat" "$img" "$SMALL" \
             2>"$T/.err"; then
-            skip "$name" "qemu-img refuses: $(head -n 1 "$T/.err")"
+            not_ok "$name: image made" "$(head -n 1 "$T/.err")"
             continue
         fi
         # fixed cases: first and last byte, every L2 table boundary crossed,
@@ -245,16 +245,15 @@ for ctype in zlib zstd; do
         csize=$(stat -c %s "$src")
         # version 2 (zlib only: qemu refuses zstd there) with 64 KiB clusters
         compats=1.1
-        [ $cs = 65536 ] && compats="0.10 1.1"
+        [ $cs = 65536 ] && [ $ctype = zlib ] && compats="0.10 1.1"
         for compat in $compats; do
             name="compressed $ctype, cluster $cs, compat=$compat"
             img=$T/z-$ctype-$cs-$compat.qcow2
             opts="cluster_size=$cs,compat=$compat"
             [ "$compat" = 1.1 ] && opts="$opts,compression_type=$ctype"
-            [ "$compat" = 0.10 ] && [ "$ctype" = zstd ] && opts="$opts,compression_type=zstd"
             if ! qemu-img convert -c -f raw -O qcow2 -o "$opts" "$src" "$img" \
                 2>"$T/.err"; then
-                skip "$name" "qemu-img refuses: $(head -n 1 "$T/.err")"
+                not_ok "$name: image made" "$(head -n 1 "$T/.err")"
                 continue
             fi
             info_has "$name: info says the compression type" "$img" "^compression: $ctype\$"
