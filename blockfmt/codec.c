@@ -125,6 +125,17 @@ static int inflate_zstd(const void *in, size_t inlen, void *out, size_t outlen)
     ZSTD_DCtx *d = thread_zstd();
     if (!d)
         return -ENOMEM;
+    /* The usual case, one frame that makes the whole unit: decode it in one
+     * call, straight into @out (the streaming API goes through its own
+     * window buffer, an extra copy).  The input may run on past the frame
+     * (sector padding): measure the frame first. */
+    size_t fsz = ZSTD_findFrameCompressedSize(in, inlen);
+    unsigned long long csz = ZSTD_getFrameContentSize(in, inlen);
+    if (!ZSTD_isError(fsz) && (csz == outlen || csz == ZSTD_CONTENTSIZE_UNKNOWN)) {
+        size_t n = ZSTD_decompressDCtx(d, out, outlen, in, fsz);
+        if (!ZSTD_isError(n) && n == outlen)
+            return 0;
+    }
     ZSTD_DCtx_reset(d, ZSTD_reset_session_only);
     ZSTD_inBuffer ib = { in, inlen, 0 };
     ZSTD_outBuffer ob = { out, outlen, 0 };

@@ -54,8 +54,15 @@ int qcow2_open_writable(struct bf_image *img, struct qcow2 *q, uint64_t l1_off,
     int r = qcow2_rc_open(img, q, rt_off, rt_clusters);
     if (r < 0)
         return r;
-    /* Auto-clear features we do not maintain (bitmaps) must be cleared
-     * before the first write; the raw-data-file bit we keep true. */
+    /* Persistent dirty bitmaps (for incremental backups) would go stale
+     * under our writes; clearing their bit makes qemu drop them all.  Do
+     * not destroy them silently. */
+    if (q->autoclear & QCOW2_AUTOCLEAR_BITMAPS)
+        return bf_err(img, -EROFS, "%s: the image has persistent dirty bitmaps, which vdisk "
+                      "cannot keep up to date; writing would make qemu discard them (remove "
+                      "them with 'qemu-img bitmap --remove' first)", img->filename);
+    /* Other auto-clear features we do not maintain must be cleared before
+     * the first write; the raw-data-file bit we keep true. */
     uint64_t keep = q->autoclear & QCOW2_AUTOCLEAR_DATA_FILE_RAW;
     if (q->version >= 3 && keep != q->autoclear) {
         uint8_t b[8];
@@ -306,6 +313,44 @@ static uint8_t *merged(struct bf_image *img, struct qcow2 *q, uint64_t cstart, u
     return b;
 }
 
+/* Does the guest see nothing but zeros in this cluster now, so that a new
+ * cluster for it needs no copy? */
+static bool reads_zero(const struct bf_image *img, const struct qcow2 *q, const struct old *o,
+                       uint64_t cstart)
+{
+    if (o->compressed)
+        return false;
+    if (!q->extended_l2 && o->zero_flag)
+        return true;
+    if (o->has_host)
+        return false;
+    return !img->backing || cstart >= img->backing->size;
+}
+
+/* Make [host, host+len) of the data file read as zero: a metadata operation
+ * where the file system has one, zero bytes written where not. */
+static int zero_host(struct bf_image *img, struct qcow2 *q, uint64_t host, uint64_t len)
+{
+    if (len == 0)
+        return 0;
+    struct bf_source *s = q->data_src;
+    int r = s->ops->punch ? s->ops->punch(s, host, len, true) : -ENOTSUP;
+    if (r == 0) {
+        if (s == img->src && host + len > q->file_size)
+            q->file_size = host + len;
+        return 0;
+    }
+    static const uint8_t zeros[65536];
+    for (uint64_t done = 0; done < len;) {
+        uint64_t n = bf_min64(len - done, sizeof zeros);
+        r = write_data(img, q, zeros, n, host + done);
+        if (r < 0)
+            return r;
+        done += n;
+    }
+    return 0;
+}
+
 /* Write [off, off+len) inside one cluster, holding the lock exclusively. */
 static int write_cluster(struct bf_image *img, struct qcow2 *q, const uint8_t *data,
                          uint64_t off, uint64_t len)
@@ -372,10 +417,21 @@ static int write_cluster(struct bf_image *img, struct qcow2 *q, const uint8_t *d
         host = cstart;
     else if ((r = qcow2_alloc_clusters(img, q, 1, &host)) < 0)
         goto out;
-    uint8_t *b = merged(img, q, cstart, 0, cs, data, in, len, &r);
-    if (b) {
-        r = write_data(img, q, b, cs, host);
-        free(b);
+    if (reads_zero(img, q, &o, cstart)) {
+        /* Nothing to copy: zero the rest of the cluster cheaply (a 2 MiB
+         * cluster must not cost a 2 MiB write per small write), then the
+         * data.  Both land before the L2 entry points at the cluster. */
+        r = zero_host(img, q, host, in);
+        if (r == 0)
+            r = zero_host(img, q, host + in + len, cs - in - len);
+        if (r == 0)
+            r = write_data(img, q, data, len, host + in);
+    } else {
+        uint8_t *b = merged(img, q, cstart, 0, cs, data, in, len, &r);
+        if (b) {
+            r = write_data(img, q, b, cs, host);
+            free(b);
+        }
     }
     if (r == 0)
         r = set_entry(img, q, &t, idx, host | QCOW2_OFLAG_COPIED,
@@ -583,8 +639,8 @@ static bool compressed_at(struct bf_image *img, struct qcow2 *q, uint64_t off)
     uint64_t i = off >> (q->cluster_bits + q->l2_bits);
     uint64_t l2 = i < q->l1_size ? q->l1[i] & QCOW2_OFFSET_MASK : 0;
     struct l2ref t;
-    if (!l2 || (l2 & (q->cluster_size - 1)) || !bf_range_within(l2, q->cluster_size, q->file_size) ||
-        pin_l2(img, q, l2, &t) < 0)
+    if (!l2 || (l2 & (q->cluster_size - 1)) ||
+        !bf_range_within(l2, q->cluster_size, q->file_size) || pin_l2(img, q, l2, &t) < 0)
         return false;
     uint64_t e, bm;
     get_entry(q, &t, l2_index(q, off), &e, &bm);

@@ -27,6 +27,7 @@
 #define QCOW2_INCOMPAT_EXTL2       (1ull << 4)
 #define QCOW2_INCOMPAT_KNOWN       0x1full
 /* autoclear feature bits */
+#define QCOW2_AUTOCLEAR_BITMAPS       (1ull << 0)
 #define QCOW2_AUTOCLEAR_DATA_FILE_RAW (1ull << 1)
 
 /* L1/L2 entry fields */

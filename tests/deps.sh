@@ -4,6 +4,7 @@
 # Checks what is installed; installs what is missing with apt-get when run as
 # root, otherwise prints the exact apt-get command and exits 1.  Called by
 # `make check` and `make demo`; safe to run again (does nothing when all is there).
+# `tests/deps.sh --bench` (from `make bench`) also installs BENCH_PKGS.
 set -eu
 
 # Build: compiler, pkg-config and the libraries the programs link.
@@ -17,10 +18,15 @@ TEST_PKGS="$TEST_PKGS qemu-system-x86 linux-image-amd64 busybox-static cpio kmod
 # The filesystem-view tests (tests/test-mount-fs.sh, test-mount-list.sh): file
 # system makers and fillers, an ISO builder, and The Sleuth Kit's tools as oracle.
 TEST_PKGS="$TEST_PKGS ntfs-3g exfatprogs exfat-fuse xorriso sleuthkit"
-TEST_PKGS="$TEST_PKGS python3-libnbd fio fuse3"
+TEST_PKGS="$TEST_PKGS python3-libnbd fio fuse3 strace"
+# The benchmark (`make bench`, tests/bench/run; only with --bench): the peers it
+# compares against (qcowmount, vmdkmount, xmount, guestmount) and the plot.
+BENCH_PKGS="libqcow-utils libvmdk-utils xmount libguestfs-tools fio python3-matplotlib"
+WANT_PKGS="$BUILD_PKGS $TEST_PKGS"
+[ "${1:-}" = "--bench" ] && WANT_PKGS="$WANT_PKGS $BENCH_PKGS"
 
 missing=""
-for p in $BUILD_PKGS $TEST_PKGS; do
+for p in $WANT_PKGS; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
         missing="$missing $p"
     fi
