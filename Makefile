@@ -5,6 +5,7 @@
 #                   again under AddressSanitizer + UndefinedBehaviorSanitizer
 #   make demo       install missing dependencies, build, show the tools on a
 #                   sample image made on the spot
+#   make bench      install the peers, build, time ours against them (tests/bench/)
 #   make install    PREFIX=/usr/local DESTDIR=
 #   make clean
 #   make SAN=1      the sanitizer build, in build-asan/
@@ -59,7 +60,7 @@ UNITS      := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/unit/%)
 
 PROGS := $(BUILD)/vdisk-nbd $(BUILD)/vdisk-mount
 
-.PHONY: all testprogs check check-fast demo deps install uninstall clean pkgcheck
+.PHONY: all testprogs check check-fast demo deps install uninstall clean pkgcheck bench
 
 all: pkgcheck $(BUILD)/libblockfmt.a $(PROGS)
 
@@ -110,6 +111,13 @@ check-fast: deps
 demo: deps
 	$(MAKE) all
 	tests/demo.sh $(BUILD)
+
+# Side-by-side timings against qemu-nbd, nbdkit and the FUSE mounters (issue 8).
+# Never part of `make check`: timings do not decide pass/fail.
+bench: deps
+	tests/deps.sh --bench
+	$(MAKE) all
+	tests/bench/run $(BUILD)
 
 install: all
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man8
