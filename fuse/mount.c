@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -119,6 +120,46 @@ static int write_pid_file(const char *path)
     return 0;
 }
 
+/* The kernel gives a FUSE mount 128 KiB of read-ahead, so sequential reads
+ * of a disk arrive as 128 KiB requests, each a round trip.  Where we may
+ * (root), widen it to 4 MiB for this mount: about a third faster.  This must
+ * happen after the kernel has handled FUSE's INIT (which narrows it again),
+ * so it runs on a thread that first stat()s the mount point: that returns
+ * only once the loop has answered INIT. */
+static void *widen_readahead(void *arg)
+{
+    const char *mountpoint = arg;
+    struct stat st;
+    if (stat(mountpoint, &st) < 0)
+        return NULL;
+    char mp[PATH_MAX];
+    if (!realpath(mountpoint, mp))
+        snprintf(mp, sizeof mp, "%s", mountpoint);
+    FILE *f = fopen("/proc/self/mountinfo", "r");
+    char line[8192], dev[64] = "";
+    while (f && fgets(line, sizeof line, f)) {
+        char majmin[64], point[4096];
+        if (sscanf(line, "%*s %*s %63s %*s %4095s", majmin, point) == 2 && !strcmp(point, mp))
+            snprintf(dev, sizeof dev, "%s", majmin);     /* the last (top) mount wins */
+    }
+    if (f)
+        fclose(f);
+    if (!dev[0])
+        return NULL;
+    char path[128];
+    snprintf(path, sizeof path, "/sys/class/bdi/%s/read_ahead_kb", dev);
+    FILE *ra = fopen(path, "r+");
+    if (!ra)
+        return NULL;                    /* not root: keep the kernel's default */
+    unsigned kb = 0;
+    if (fscanf(ra, "%u", &kb) == 1 && kb < 4096) {
+        rewind(ra);
+        fprintf(ra, "4096\n");
+    }
+    fclose(ra);
+    return NULL;
+}
+
 /* The serving process: mount, report, serve until unmounted, clean up. */
 static int serve(const struct vm_options *o, int status_fd)
 {
@@ -184,6 +225,9 @@ static int serve(const struct vm_options *o, int status_fd)
 
     struct fuse_session *se = fuse_get_session(f);
     fuse_set_signal_handlers(se);
+    pthread_t ra;
+    if (pthread_create(&ra, NULL, widen_readahead, (void *)o->mountpoint) == 0)
+        pthread_detach(ra);
     struct fuse_loop_config cfg = { .clone_fd = 0, .max_idle_threads = 16 };
     rc = fuse_loop_mt(f, &cfg) == 0 ? 0 : 1;
     fuse_remove_signal_handlers(se);
