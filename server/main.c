@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -293,6 +294,11 @@ static int daemonize(const struct nbd_options *o)
 
 int main(int argc, char **argv)
 {
+    /* glibc gives each busy thread its own malloc arena; with a pool of
+     * workers that multiplies heap fragmentation (peak RSS) without making
+     * anything faster: one arena per CPU is enough. */
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    mallopt(M_ARENA_MAX, ncpu > 1 ? (int)ncpu : 1);
     struct nbd_options o = { .partition = -1, .shared = 1 };
     if (parse_args(argc, argv, &o) < 0)
         return 2;
