@@ -339,10 +339,12 @@ nbdkit_file slow --filter=delay file file="$T/slow.raw" rdelay=50ms && {
     slow_pid=$SPID
     check "vdisk-mount a slow remote image" $TO "$VDISK_MOUNT" "$SLOW_URI" "$mnt"
     if mounted; then
+        # O_DIRECT: one delayed request at a time, so the read is still going
+        # when the server dies (read-ahead would finish 64 MiB in a second)
         ( sleep 1; kill -9 "$slow_pid" ) &
         killer=$!
         fails_with_eio_within 15 "reads of the FUSE view fail with EIO when the server is killed" \
-            dd if="$mnt/disk" of=/dev/null bs=1M
+            dd if="$mnt/disk" of=/dev/null bs=64k iflag=direct
         wait "$killer"
         check "vdisk-mount -u after the server died" $TO "$VDISK_MOUNT" -u "$mnt"
     fi

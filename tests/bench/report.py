@@ -37,7 +37,8 @@ def finish_rows(results):
         r["ours_median"], r["peer_median"] = o, p
         r["ratio"] = round(o / p, 3) if (o and p) else None
         if r["ratio"]:
-            r["advantage"] = round(r["ratio"] if r["higher_is_better"] else 1 / r["ratio"], 3)
+            # from the unrounded ratio: 16.7 ms against 12143 ms is 727x, not 1/0.001
+            r["advantage"] = round(o / p if r["higher_is_better"] else p / o, 3)
         else:
             r["advantage"] = None
         t = r.get("target")
