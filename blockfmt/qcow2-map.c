@@ -27,6 +27,24 @@ static int load_l2(void *ctx, uint64_t off, void *buf)
     return 0;
 }
 
+int qcow2_l2_get(struct bf_image *img, struct qcow2 *q, uint64_t off, uint8_t **tbl,
+                 struct bf_cache_ent **ent)
+{
+    if (off & (q->cluster_size - 1))
+        return bf_err(img, -EIO, "%s: L2 table offset %#" PRIx64 " is not aligned to a "
+                      "cluster", img->filename, off);
+    if (!bf_range_within(off, q->cluster_size, q->file_size))
+        return bf_err(img, -EIO, "%s: L2 table at offset %#" PRIx64 " lies past the end of "
+                      "the file (%" PRIu64 " bytes)", img->filename, off, q->file_size);
+    struct l2_load l = { img, q };
+    const void *d;
+    int r = bf_cache_get(q->l2_cache, off, load_l2, &l, &d, ent);
+    if (r < 0)
+        return r == -ENOMEM ? bf_err(img, r, "out of memory") : r;
+    *tbl = (uint8_t *)d;       /* changed only by writers holding the lock exclusively */
+    return 0;
+}
+
 /* Classify guest (sub)cluster @idx of the L2 table @l2 covering guest offset
  * @guest_cluster (its cluster start).  @sc is the subcluster index (0 when
  * there are none). */
@@ -130,17 +148,9 @@ int qcow2_map(struct bf_image *img, uint64_t off, uint64_t len, unsigned flags,
         m->len = len;
         return 0;
     }
-    if (l2_off & (q->cluster_size - 1))
-        return bf_err(img, -EIO, "%s: L2 table offset %#" PRIx64 " is not aligned to a "
-                      "cluster", img->filename, l2_off);
-    if (!bf_range_within(l2_off, q->cluster_size, q->file_size))
-        return bf_err(img, -EIO, "%s: L2 table at offset %#" PRIx64 " lies past the end of "
-                      "the file (%" PRIu64 " bytes)", img->filename, l2_off, q->file_size);
-
-    struct l2_load ctx = { img, q };
-    const void *l2;
+    uint8_t *l2;
     struct bf_cache_ent *ent;
-    int r = bf_cache_get(q->l2_cache, l2_off, load_l2, &ctx, &l2, &ent);
+    int r = qcow2_l2_get(img, q, l2_off, &l2, &ent);
     if (r < 0)
         return r;
 

@@ -111,39 +111,10 @@ struct l2ref {
     struct bf_cache_ent *ent;
 };
 
-struct l2_load { struct bf_image *img; struct qcow2 *q; };
-
-static int load_l2(void *ctx, uint64_t off, void *buf)
-{
-    struct l2_load *l = ctx;
-    int r = bf_source_pread(l->img->src, buf, l->q->cluster_size, off);
-    if (r < 0)
-        return bf_err(l->img, r, "%s: cannot read L2 table at %#" PRIx64 ": %s",
-                      l->img->filename, off, strerror(-r));
-    return 0;
-}
-
-static int check_l2_offset(struct bf_image *img, struct qcow2 *q, uint64_t off)
-{
-    if (off & (q->cluster_size - 1))
-        return bf_err(img, -EIO, "%s: L2 table offset %#" PRIx64 " is not aligned to a "
-                      "cluster", img->filename, off);
-    if (!bf_range_within(off, q->cluster_size, q->file_size))
-        return bf_err(img, -EIO, "%s: L2 table at offset %#" PRIx64 " lies past the end of "
-                      "the file", img->filename, off);
-    return 0;
-}
-
 static int pin_l2(struct bf_image *img, struct qcow2 *q, uint64_t off, struct l2ref *t)
 {
-    struct l2_load l = { img, q };
-    const void *d;
-    int r = bf_cache_get(q->l2_cache, off, load_l2, &l, &d, &t->ent);
-    if (r < 0)
-        return r == -ENOMEM ? bf_err(img, r, "out of memory") : r;
     t->off = off;
-    t->tbl = (uint8_t *)d;
-    return 0;
+    return qcow2_l2_get(img, q, off, &t->tbl, &t->ent);
 }
 
 /* The L2 table for guest offset @off, ready to be written: allocated when
@@ -170,8 +141,6 @@ static int l2_for_write(struct bf_image *img, struct qcow2 *q, uint64_t off, str
         }
         return r < 0 ? r : pin_l2(img, q, neu, t);
     }
-    if ((r = check_l2_offset(img, q, old)) < 0)
-        return r;
     if (e & QCOW2_OFLAG_COPIED)
         return pin_l2(img, q, old, t);
     uint64_t rc;
@@ -452,12 +421,10 @@ static int write_in_place(struct bf_image *img, struct qcow2 *q, const uint8_t *
     if (i >= q->l1_size || !(q->l1[i] & QCOW2_OFLAG_COPIED))
         return 0;
     uint64_t l2 = q->l1[i] & QCOW2_OFFSET_MASK;
-    if (!l2 || check_l2_offset(img, q, l2) < 0)
-        return 0;
     struct l2ref t;
-    int r = pin_l2(img, q, l2, &t);
-    if (r < 0)
-        return r;
+    if (!l2 || pin_l2(img, q, l2, &t) < 0)
+        return 0;              /* the exclusive path will report the damage */
+    int r;
     uint64_t e, bm;
     get_entry(q, &t, l2_index(q, off), &e, &bm);
     bf_cache_put(q->l2_cache, t.ent);

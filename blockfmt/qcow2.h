@@ -116,6 +116,10 @@ int qcow2_load_l1(struct bf_image *img, struct qcow2 *q, uint64_t off, uint32_t 
 
 int qcow2_map(struct bf_image *img, uint64_t off, uint64_t len, unsigned flags,
               struct bf_map *m);
+/* The L2 table at @off (checked: aligned, inside the file), pinned in the
+ * cache until bf_cache_put(q->l2_cache, *ent). */
+int qcow2_l2_get(struct bf_image *img, struct qcow2 *q, uint64_t off, uint8_t **tbl,
+                 struct bf_cache_ent **ent);
 
 /* qcow2-refcount.c (exclusive lock held) */
 int qcow2_rc_open(struct bf_image *img, struct qcow2 *q, uint64_t rt_off, uint32_t rt_clusters);

@@ -358,14 +358,7 @@ int attach_main(struct server *s)
     if (pid == 0) {
         close(st[0]);
         a.status_fd = st[1];
-        setsid();
-        int null = open("/dev/null", O_RDWR | O_CLOEXEC);
-        if (null >= 0) {
-            dup2(null, 0);
-            dup2(null, 1);
-            if (!o->verbose)
-                dup2(null, 2);
-        }
+        detach_from_terminal(o->verbose);
         _exit(run_attached(&a));
     }
     close(st[1]);
@@ -385,13 +378,8 @@ int attach_main(struct server *s)
     line[strcspn(line, "\n")] = 0;
     if (!strncmp(line, "ok ", 3)) {
         printf("%s\n", line + 3);
-        if (o->pid_file) {
-            FILE *f = fopen(o->pid_file, "w");
-            if (f) {
-                fprintf(f, "%ld\n", (long)pid);
-                fclose(f);
-            }
-        }
+        if (o->pid_file)
+            write_pid_file(o->pid_file, pid);
         return 0;
     }
     if (!strncmp(line, "error ", 6))

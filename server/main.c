@@ -250,15 +250,6 @@ static struct bf_image *open_image(const struct nbd_options *o)
     return img;
 }
 
-static int write_pid_file(const char *path, pid_t pid)
-{
-    FILE *f = fopen(path, "w");
-    if (!f || fprintf(f, "%ld\n", (long)pid) < 0 || fclose(f) != 0) {
-        fprintf(stderr, "vdisk-nbd: %s: %s\n", path, strerror(errno));
-        return -1;
-    }
-    return 0;
-}
 
 /* --fork: the parent returns once the child is listening (the listeners are
  * open before the fork, so that is now) and has its PID on record. */
@@ -279,16 +270,7 @@ static int daemonize(const struct nbd_options *o)
         }
         _exit(0);
     }
-    setsid();
-    int null = open("/dev/null", O_RDWR | O_CLOEXEC);
-    if (null >= 0) {
-        dup2(null, 0);
-        dup2(null, 1);
-        if (!o->verbose)
-            dup2(null, 2);
-        if (null > 2)
-            close(null);
-    }
+    detach_from_terminal(o->verbose);
     return 0;
 }
 

@@ -20,6 +20,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include <sys/uio.h>
 
 struct nbd_options {
@@ -140,6 +141,14 @@ int reply_chunks(struct conn *c, const struct request *r, struct iovec *iov, int
 /* Encode a chunk header into @hdr (32 bytes room); returns its length. */
 size_t chunk_header(const struct conn *c, const struct request *r, uint8_t *hdr,
                     uint16_t flags, uint16_t type, uint64_t payload_len);
+
+/* daemon.c */
+/* Start a new session and point stdin/stdout (and stderr unless
+ * @keep_stderr) at /dev/null, so a background server holds no terminal or
+ * pipe of its caller open. */
+void detach_from_terminal(bool keep_stderr);
+/* Write @pid to @path; -1 with a message on stderr on failure. */
+int write_pid_file(const char *path, pid_t pid);
 
 /* wire.c */
 int wire_read(int fd, void *buf, size_t len);      /* 0, -EPIPE at EOF, -errno */
