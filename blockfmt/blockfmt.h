@@ -164,6 +164,24 @@ struct bf_status {
  * callers loop. */
 int bf_block_status(struct bf_image *img, uint64_t off, uint64_t len, struct bf_status *st);
 
+/* ------------------------------------------------------ zero-copy reads */
+
+/* Where the run of bytes at a guest offset is kept. */
+struct bf_location {
+    uint64_t len;      /* length of the run starting at the queried offset */
+    int fd;            /* >= 0: the run is stored as-is in this local file... */
+    uint64_t fd_off;   /* ...starting at this offset in it */
+};
+
+/* For callers that move data without copying it (splice, sendfile): fill
+ * @loc for the run that starts at @off (at most @len bytes, @len > 0, the
+ * range within bf_size()).  With loc->fd >= 0 the run's bytes are those of
+ * that descriptor (owned by the image) at loc->fd_off, and stay so while the
+ * image is open and nothing writes it; with loc->fd == -1 the run is zero,
+ * compressed, remote or otherwise not a plain file range: read it with
+ * bf_pread.  Callers loop, as with bf_block_status. */
+int bf_locate(struct bf_image *img, uint64_t off, uint64_t len, struct bf_location *loc);
+
 /* ----------------------------------------------------- partition tables */
 
 enum bf_ptable_kind { BF_PTABLE_NONE = 0, BF_PTABLE_MBR, BF_PTABLE_GPT };

@@ -373,3 +373,67 @@ int bf_block_status(struct bf_image *img, uint64_t off, uint64_t len, struct bf_
     img->drv->io_end(img);
     return r;
 }
+
+/* -------------------------------------------------------------- locate */
+
+static int locate_top(struct bf_image *img, uint64_t off, uint64_t len, struct bf_location *loc);
+
+static int locate_at(struct bf_image *img, uint64_t off, uint64_t len, struct bf_location *loc)
+{
+    struct bf_map m;
+    int r = do_map(img, off, len, 0, &m);
+    if (r < 0)
+        return r;
+    *loc = (struct bf_location){ .len = m.len, .fd = -1 };
+    struct bf_image *next = NULL;
+    uint64_t next_off = off, next_len = m.len;
+    switch (m.kind) {
+    case BF_MAP_DATA: {
+        uint64_t size;
+        if (m.src->remote || m.src->fd < 0 || bf_source_size(m.src, &size) < 0 ||
+            m.host_off >= size)
+            return 0;
+        /* Bytes past the end of the file read as zero (source.c), which a
+         * descriptor would not give: the file run stops at its end. */
+        loc->len = bf_min64(m.len, size - m.host_off);
+        loc->fd = m.src->fd;
+        loc->fd_off = m.host_off;
+        return 0;
+    }
+    case BF_MAP_IMAGE:
+        next = m.image;
+        next_off = m.image_off;
+        break;
+    case BF_MAP_UNALLOC:
+        if (!img->backing || off >= img->backing->size)
+            return 0;
+        next = img->backing;
+        next_len = bf_min64(m.len, img->backing->size - off);
+        break;
+    default:
+        return 0;
+    }
+    r = locate_top(next, next_off, next_len, loc);
+    return r < 0 ? bf_err_from(img, next, r, "") : 0;
+}
+
+/* Range check and the driver's read bracket, as pread_top. */
+static int locate_top(struct bf_image *img, uint64_t off, uint64_t len, struct bf_location *loc)
+{
+    int r = check_range(img, off, len, "locate");
+    if (r < 0)
+        return r;
+    if (len == 0)
+        return bf_err(img, -EINVAL, "locating an empty range");
+    if (!img->drv->io_begin)
+        return locate_at(img, off, len, loc);
+    img->drv->io_begin(img);
+    r = locate_at(img, off, len, loc);
+    img->drv->io_end(img);
+    return r;
+}
+
+int bf_locate(struct bf_image *img, uint64_t off, uint64_t len, struct bf_location *loc)
+{
+    return locate_top(img, off, len, loc);
+}

@@ -47,6 +47,26 @@ static struct bf_image *open_image(const struct vm_options *o)
 }
 
 /* FUSE's own arguments: the mount's name and type, ro/rw, user's -o. */
+/* The max_read mount option given with -o, or 0. */
+static unsigned user_max_read(const struct vm_options *o)
+{
+    for (const char *p = o->fuse_opts; p && *p; p = strchr(p, ',') ? strchr(p, ',') + 1 : "")
+        if (strncmp(p, "max_read=", 9) == 0)
+            return (unsigned)strtoul(p + 9, NULL, 10);
+    return 0;
+}
+
+/* libfuse ends a session whose init() does not repeat the max_read mount
+ * option; the view's own init (if any) runs after this one. */
+static unsigned mount_max_read;
+static const struct fuse_operations *view_ops;
+
+static void *mount_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
+{
+    conn->max_read = mount_max_read;
+    return view_ops->init ? view_ops->init(conn, cfg) : fuse_get_context()->private_data;
+}
+
 static int fuse_args_for(const struct vm_options *o, bool writable, struct fuse_args *a)
 {
     char abs[PATH_MAX], opts[PATH_MAX + 256];
@@ -63,6 +83,11 @@ static int fuse_args_for(const struct vm_options *o, bool writable, struct fuse_
         return -1;
     if (o->fuse_opts && (fuse_opt_add_arg(a, "-o") < 0 || fuse_opt_add_arg(a, o->fuse_opts) < 0))
         return -1;
+    if (mount_max_read && !user_max_read(o)) {
+        snprintf(opts, sizeof opts, "max_read=%u", mount_max_read);
+        if (fuse_opt_add_arg(a, "-o") < 0 || fuse_opt_add_arg(a, opts) < 0)
+            return -1;
+    }
     return 0;
 }
 
@@ -188,6 +213,15 @@ static int serve(const struct vm_options *o, int status_fd)
         return 1;
     }
 
+    /* A read-only disk view splices file ranges into its replies when
+     * they fit libfuse's pipes (diskview.c); reads are sized to fit. */
+    mount_max_read = user_max_read(o);
+    if (!mount_max_read && !fsview && !writable)
+        mount_max_read = (unsigned)diskview_splice_max_read();
+    view_ops = ops;
+    struct fuse_operations mops = *ops;
+    mops.init = mount_init;
+
     struct fuse_args args = FUSE_ARGS_INIT(0, NULL);
     struct fuse *f = NULL;
     int rc = 1;
@@ -195,7 +229,7 @@ static int serve(const struct vm_options *o, int status_fd)
         report(status_fd, "out of memory");
         goto out;
     }
-    f = fuse_new(&args, ops, sizeof *ops, view);
+    f = fuse_new(&args, &mops, sizeof mops, view);
     if (!f) {
         report(status_fd, "cannot set up FUSE (bad -o option?)");
         goto out;

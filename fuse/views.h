@@ -34,6 +34,9 @@ extern const struct fuse_operations diskview_ops;
 void *diskview_build(struct bf_image *disk, bool writable, const struct view_owner *owner,
                      char *err, size_t errlen);
 void diskview_free(void *v);
+/* The max_read mount option under which a read-only disk view answers reads
+ * by splicing from the image file (0: not possible here). */
+size_t diskview_splice_max_read(void);
 
 extern const struct fuse_operations fstree_ops;
 /* File systems named by o->fs[] (or all with o->all) on @disk. */

@@ -56,6 +56,44 @@ if [ "$size" = $((16384 * 512)) ]; then ok "p5 has the exact partition size"; el
 if ( exec 3>>"$mnt/disk" ) 2>"$T/err"; then not_ok "opening for writing fails"; else
     grep -q 'Read-only' "$T/err" && ok "opening for writing fails with EROFS" || not_ok "EROFS expected" "$(cat "$T/err")"; fi
 grep -q " $mnt .*fuse.vdisk vdisk:" /proc/self/mountinfo && ok "mount is listed as fuse.vdisk" || not_ok "mountinfo"
+# A read-only view answers reads by splicing ranges of the image file into
+# the reply (diskview.c): the serving process must be calling splice(2), and
+# direct reads of odd sizes at odd places (data, zeros, the backing file,
+# runs crossing from one to the other, a logical partition's slice) must
+# still equal the oracle.
+spid=$(sed -n "s|^.* $mnt .* - fuse.vdisk vdisk:\([0-9]*\):.*|\1|p" /proc/self/mountinfo)
+if [ -n "$spid" ]; then
+    strace -f -qq -e trace=splice -o "$T/strace" -p "$spid" 2>/dev/null & st=$!
+    for i in $(seq 0 50); do
+        dd if="$mnt/disk" of=/dev/null iflag=direct bs=1M count=2 skip=$((i % 60)) status=none
+        grep -q '^[0-9]* *splice(' "$T/strace" 2>/dev/null && break
+        sleep 0.1
+    done
+    kill "$st" 2>/dev/null; wait "$st" 2>/dev/null
+    grep -q 'splice(' "$T/strace" && ok "reads of a read-only view are spliced from the image file" ||
+        not_ok "no splice(2) seen in the serving process" "$(head -5 "$T/strace")"
+else
+    not_ok "serving PID not found in mountinfo"
+fi
+start5=$(awk '$1 == 5 { print $2 * 512 }' "$T/ranges")
+if python3 - "$mnt" "$T/oracle.raw" "$start5" >"$T/rr" 2>&1 <<'PY'
+import mmap, os, random, sys
+mnt, oracle, start5 = sys.argv[1], open(sys.argv[2], 'rb').read(), int(sys.argv[3])
+random.seed(11)
+buf = mmap.mmap(-1, 4 << 20)
+for name, base in (("disk", 0), ("p5", start5)):
+    fd = os.open(os.path.join(mnt, name), os.O_RDONLY | os.O_DIRECT)
+    size = os.fstat(fd).st_size
+    for _ in range(400):
+        n = random.choice([4096, 8192, 12288, 65536, 1 << 20, 3 << 20, (4 << 20)])
+        off = random.randrange(0, size) // 4096 * 4096
+        got = os.preadv(fd, [memoryview(buf)[:n]], off)
+        want = oracle[base + off:base + min(off + n, size)]
+        if got != len(want) or buf[:got] != want:
+            sys.exit(f"{name}: {n} bytes at {off}: got {got} bytes, differ")
+    os.close(fd)
+PY
+then ok "direct reads at random places equal the oracle (disk, p5)"; else not_ok "direct reads" "$(cat "$T/rr")"; fi
 check "unmount" "$VDISK_MOUNT" -u "$mnt"
 hash_images >"$T/after"
 same_file "read-only session left image files (sha256, mtime, size) unchanged" "$T/before" "$T/after"
@@ -90,6 +128,13 @@ if wait $fg; then ok "foreground process exits 0 after unmount"; else not_ok "fo
 check "mount with -o allow_other" "$VDISK_MOUNT" -o allow_other "$T/img.qcow2" "$mnt"
 grep " $mnt " /proc/self/mountinfo | grep -q allow_other && ok "-o allow_other reaches the mount" ||
     not_ok "-o allow_other" "$(grep " $mnt " /proc/self/mountinfo)"
+check "unmount" "$VDISK_MOUNT" -u "$mnt"
+# a max_read of the user's replaces the view's own (libfuse ends a session
+# whose init does not repeat it, so this once mounted and died at once)
+check "mount with -o max_read=65536" "$VDISK_MOUNT" -o max_read=65536 "$T/img.qcow2" "$mnt"
+grep " $mnt " /proc/self/mountinfo | grep -q 'max_read=65536' && ok "-o max_read reaches the mount" ||
+    not_ok "-o max_read" "$(grep " $mnt " /proc/self/mountinfo)"
+same_file "disk equals qemu-img convert with -o max_read=65536" "$mnt/disk" "$T/oracle.raw"
 check "unmount" "$VDISK_MOUNT" -u "$mnt"
 
 # --- -s: writes to a throwaway overlay --------------------------------------
