@@ -52,6 +52,12 @@ int bf_open(const char *path, const struct bf_open_opts *opts, struct bf_image *
  * than a local path?  Images named so are read through libnbd. */
 bool bf_is_remote(const char *name);
 
+/* @name as it may be shown to others (mount tables, sysfs, state files): an
+ * NBD URI without the password of its user part and without the values of
+ * query parameters that look secret; a path as it is.  Caller frees; NULL
+ * on ENOMEM. */
+char *bf_display_name(const char *name);
+
 /* Release the handle (NULL is allowed).  Does not flush: call bf_flush()
  * first when the image was written. */
 void bf_close(struct bf_image *img);

@@ -173,6 +173,11 @@ static char *uri_for_messages(const char *uri)
     return out;
 }
 
+char *bf_display_name(const char *name)
+{
+    return bf_is_nbd_uri(name) ? uri_for_messages(name) : strdup(name);
+}
+
 /* ------------------------------------------------------------ waiting */
 
 static struct timespec deadline_in(int ms)

@@ -70,8 +70,11 @@ static void *mount_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
 static int fuse_args_for(const struct vm_options *o, bool writable, struct fuse_args *a)
 {
     char abs[PATH_MAX], opts[PATH_MAX + 256];
-    if (!realpath(o->image, abs))
-        snprintf(abs, sizeof abs, "%s", o->image);
+    if (bf_is_remote(o->image) || !realpath(o->image, abs)) {
+        char *shown = bf_display_name(o->image);   /* /proc/mounts is world-readable */
+        snprintf(abs, sizeof abs, "%s", shown ? shown : "?");
+        free(shown);
+    }
     /* commas separate FUSE options: keep them out of the name */
     for (char *p = abs; *p; p++)
         if (*p == ',')

@@ -333,8 +333,11 @@ int attach_main(struct server *s)
             return 1;
         }
     }
-    if (!realpath(o->image, a.image_abs))
-        snprintf(a.image_abs, sizeof a.image_abs, "%s", o->image);
+    if (bf_is_remote(o->image) || !realpath(o->image, a.image_abs)) {
+        char *shown = bf_display_name(o->image);   /* sysfs "backend" is world-readable */
+        snprintf(a.image_abs, sizeof a.image_abs, "%s", shown ? shown : "?");
+        free(shown);
+    }
     a.n = o->connections ? o->connections : 1;
     for (unsigned i = 0; i < a.n; i++)
         if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, a.sv[i]) < 0) {

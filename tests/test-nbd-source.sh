@@ -194,6 +194,18 @@ done
 bf_cat_matches "raw over nbd://127.0.0.1:$port (TCP)" vm.raw "nbd://127.0.0.1:$port"
 check_fails "nbds:// to a server without TLS fails cleanly" "TLS|tls" \
     $TO "$BFTEST" info "nbds://127.0.0.1:$port"
+# a password in the URI stays out of the world-readable mount table
+check "vdisk-mount nbd://user:password@host (disk view)" $TO "$VDISK_MOUNT" \
+    "nbd://u:hunter2@127.0.0.1:$port/" "$mnt"
+if grep " $mnt " /proc/self/mountinfo | grep -q hunter2; then
+    not_ok "the URI's password is in /proc/self/mountinfo"
+elif grep -q " $mnt .* vdisk:[0-9]*:nbd://u@127.0.0.1:$port/ " /proc/self/mountinfo; then
+    ok "the mount is named by the URI without its password"
+else
+    not_ok "mount name" "$(grep " $mnt " /proc/self/mountinfo)"
+fi
+same_file "disk view of nbd://user:password@host" "$mnt/disk" vm.raw
+check "vdisk-mount -u" $TO "$VDISK_MOUNT" -u "$mnt"
 stop "$tcp_pid"
 
 # ============================= a partitioned disk with ext4, in a qcow2
