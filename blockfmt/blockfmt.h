@@ -183,9 +183,10 @@ struct bf_location {
  * @loc for the run that starts at @off (at most @len bytes, @len > 0, the
  * range within bf_size()).  With loc->fd >= 0 the run's bytes are those of
  * that descriptor (owned by the image) at loc->fd_off, and stay so while the
- * image is open and nothing writes it; with loc->fd == -1 the run is zero,
- * compressed, remote or otherwise not a plain file range: read it with
- * bf_pread.  Callers loop, as with bf_block_status. */
+ * image is open and nothing writes it; with loc->fd == -1 the run is zero
+ * (a hole of a sparse raw file included, where cheap to find), compressed,
+ * remote or otherwise not a plain file range: read it with bf_pread.
+ * Callers loop, as with bf_block_status. */
 int bf_locate(struct bf_image *img, uint64_t off, uint64_t len, struct bf_location *loc);
 
 /* ----------------------------------------------------- partition tables */

@@ -381,7 +381,9 @@ static int locate_top(struct bf_image *img, uint64_t off, uint64_t len, struct b
 static int locate_at(struct bf_image *img, uint64_t off, uint64_t len, struct bf_location *loc)
 {
     struct bf_map m;
-    int r = do_map(img, off, len, 0, &m);
+    /* as a read that reports zeros: holes in a raw file come back as zero
+     * runs, so callers can send them as holes rather than pages of zeros */
+    int r = do_map(img, off, len, BF_MAPF_ZEROS, &m);
     if (r < 0)
         return r;
     *loc = (struct bf_location){ .len = m.len, .fd = -1 };

@@ -144,10 +144,46 @@ static int segs_finish(struct segs *s, uint64_t end)
     return s->err;
 }
 
+/* Large reads of a read-only image whose bytes sit as they are in local
+ * files (raw, uncompressed qcow2 clusters, flat and sparse vmdk extents) go
+ * out with sendfile(2): the kernel hands page-cache pages to the socket, and
+ * neither a read into a buffer nor a copy out of it happens here.  A request
+ * that touches anything else (a hole, zeros, compressed data, a remote
+ * source) takes the ordinary path.  Not for writable images: a cluster named
+ * here could be freed and reused by another request before it is sent. */
+#define SENDFILE_MIN (64u << 10)   /* below this, pread+writev is as cheap */
+#define SENDFILE_RUNS 16
+
+static bool read_by_sendfile(struct conn *c, const struct request *r)
+{
+    struct bf_image *img = c->exp->img;
+    if (r->length < SENDFILE_MIN || bf_is_writable(img))
+        return false;
+    struct bf_location runs[SENDFILE_RUNS];
+    size_t n = 0;
+    uint64_t done = 0;
+    while (done < r->length) {
+        struct bf_location l;
+        if (bf_locate(img, r->offset + done, r->length - done, &l) < 0 || l.fd < 0)
+            return false;
+        if (n > 0 && runs[n - 1].fd == l.fd && runs[n - 1].fd_off + runs[n - 1].len == l.fd_off)
+            runs[n - 1].len += l.len;
+        else if (n == SENDFILE_RUNS)
+            return false;
+        else
+            runs[n++] = l;
+        done += l.len;
+    }
+    reply_read_from_files(c, r, runs, n);
+    return true;
+}
+
 static void do_read(struct conn *c, const struct request *r)
 {
     struct bf_image *img = c->exp->img;
     size_t len = (size_t)r->length;
+    if (read_by_sendfile(c, r))
+        return;
     if (!c->structured) {
         uint8_t *buf = malloc(len ? len : 1);
         int e = buf ? bf_pread(img, buf, len, r->offset) : -ENOMEM;

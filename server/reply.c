@@ -14,7 +14,9 @@
 #include <string.h>
 #include <sys/socket.h>
 
-static int send_locked(struct conn *c, struct iovec *iov, int niov)
+/* Send @iov, then the file ranges @runs, as one message. */
+static int send_locked_files(struct conn *c, struct iovec *iov, int niov,
+                             const struct bf_location *runs, size_t nruns)
 {
     int r = 0;
     pthread_mutex_lock(&c->send_lock);
@@ -26,11 +28,21 @@ static int send_locked(struct conn *c, struct iovec *iov, int niov)
         iov += n;
         niov -= n;
     }
+    for (size_t i = 0; r == 0 && i < nruns; i++)
+        r = wire_sendfile(c->fd, runs[i].fd, runs[i].fd_off, runs[i].len);
+    /* a failure part-way leaves the stream out of step: end the connection */
     if (r < 0 && !atomic_exchange(&c->dead, true))
         shutdown(c->fd, SHUT_RDWR);
     pthread_mutex_unlock(&c->send_lock);
     return r;
 }
+
+static int send_locked(struct conn *c, struct iovec *iov, int niov)
+{
+    return send_locked_files(c, iov, niov, NULL, 0);
+}
+
+
 
 size_t chunk_header(const struct conn *c, const struct request *r, uint8_t *hdr,
                     uint16_t flags, uint16_t type, uint64_t payload_len)
@@ -99,4 +111,20 @@ int reply_chunks(struct conn *c, const struct request *r, struct iovec *iov, int
 {
     (void)r;
     return send_locked(c, iov, niov);
+}
+
+int reply_read_from_files(struct conn *c, const struct request *r,
+                          const struct bf_location *runs, size_t n)
+{
+    uint8_t h[40];
+    struct iovec iov = { h, 0 };
+    if (c->structured) {
+        iov.iov_len = chunk_header(c, r, h, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_OFFSET_DATA,
+                                   8 + r->length);
+        put64(h + iov.iov_len, r->offset);
+        iov.iov_len += 8;
+    } else {
+        iov.iov_len = simple_header(r, h, 0);
+    }
+    return send_locked_files(c, &iov, 1, runs, n);
 }

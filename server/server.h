@@ -138,6 +138,10 @@ int reply_ok(struct conn *c, const struct request *r);
 int reply_error(struct conn *c, const struct request *r, uint32_t nbd_err, const char *msg);
 int reply_simple_data(struct conn *c, const struct request *r, const void *data, size_t len);
 int reply_chunks(struct conn *c, const struct request *r, struct iovec *iov, int niov);
+/* The whole answer to READ @r: one data reply (simple, or a single
+ * structured chunk) whose payload is the file ranges @runs, in order. */
+int reply_read_from_files(struct conn *c, const struct request *r,
+                          const struct bf_location *runs, size_t n);
 /* Encode a chunk header into @hdr (32 bytes room); returns its length. */
 size_t chunk_header(const struct conn *c, const struct request *r, uint8_t *hdr,
                     uint16_t flags, uint16_t type, uint64_t payload_len);
@@ -155,6 +159,8 @@ int wire_read(int fd, void *buf, size_t len);      /* 0, -EPIPE at EOF, -errno *
 int wire_skip(int fd, uint64_t len);
 int wire_writev(int fd, struct iovec *iov, int niov);
 int wire_write(int fd, const void *buf, size_t len);
+/* @len bytes of @in_fd at @off, with sendfile(2); -EIO if the file ends first. */
+int wire_sendfile(int fd, int in_fd, uint64_t off, uint64_t len);
 uint32_t nbd_errno(int neg_errno);                   /* -errno -> NBD_E* */
 void put16(uint8_t *p, uint16_t v);
 void put32(uint8_t *p, uint32_t v);

@@ -10,6 +10,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -67,6 +68,25 @@ int wire_writev(int fd, struct iovec *iov, int niov)
             iov->iov_base = (uint8_t *)iov->iov_base + n;
             iov->iov_len -= (size_t)n;
         }
+    }
+    return 0;
+}
+
+int wire_sendfile(int fd, int in_fd, uint64_t off, uint64_t len)
+{
+    while (len > 0) {
+        off_t o = (off_t)off;
+        size_t n = len < (1u << 30) ? (size_t)len : (1u << 30);
+        ssize_t w = sendfile(fd, in_fd, &o, n);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        if (w == 0)
+            return -EIO;         /* the file ended under us: the reply is cut */
+        off += (uint64_t)w;
+        len -= (uint64_t)w;
     }
     return 0;
 }

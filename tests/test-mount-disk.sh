@@ -7,7 +7,7 @@
 # mount is usable; -f, --pid-file, -o; -u exit codes 0/2/3 and it waits for
 # the serving process.
 . "$(dirname "$0")/lib.sh"
-require qemu-img qemu-io sfdisk python3 fusermount3
+require qemu-img qemu-io sfdisk python3 fusermount3 strace
 
 mnt=$T/mnt
 mkdir -p "$mnt"

@@ -25,7 +25,7 @@
 # After each group the server must still be alive, and at the end SIGTERM
 # must stop it with exit status 0 and no sanitizer report.
 . "$(dirname "$0")/lib.sh"
-require qemu-img qemu-io sfdisk python3 timeout
+require qemu-img qemu-io sfdisk python3 timeout strace
 require_nbdsh
 if [ ! -x "$VDISK_NBD" ]; then
     not_ok "vdisk-nbd is built" "$VDISK_NBD is missing (make testprogs)"
@@ -465,6 +465,20 @@ scenario "metadata contexts: LIST per query, SET needs structured replies, per-e
 scenario "zero-length requests of every kind (simple, structured, extended) get a reply" \
     "$SA" zero_length rw.raw
 scenario "EXTENDED_HEADERS on an 8 GiB export: 64-bit extents cover it" "$SD" extended_huge
+scenario "large reads of a read-only qcow2, every reply style, pipelined: right bytes; all-data ranges in one message" \
+    "$SB" large_reads sp.raw
+scenario "large reads of the partitions of a read-only sparse raw disk: right bytes" \
+    "$SC" large_reads_partition mbr.raw
+# ...and those of all-data ranges went out with sendfile(2) (commands.c)
+strace -f -qq -e trace=sendfile -o "$T/sendfile.trace" -p "$PB" 2>/dev/null & st=$!
+for ((i = 0; i < 50; i++)); do
+    $TO $CLIENT "$SB" large_reads sp.raw >/dev/null 2>&1
+    grep -q 'sendfile(' "$T/sendfile.trace" 2>/dev/null && break
+    sleep 0.1
+done
+kill "$st" 2>/dev/null; wait "$st" 2>/dev/null
+grep -q 'sendfile(' "$T/sendfile.trace" && ok "large reads of a read-only image are sent with sendfile(2)" ||
+    not_ok "no sendfile(2) seen in the server" "$(head -3 "$T/sendfile.trace")"
 still_serving "the server survived the raw-socket clients" "$PA"
 
 # --------------------------------------------------------- idle clients
