@@ -46,7 +46,6 @@ static struct bf_image *open_image(const struct vm_options *o)
     return img;
 }
 
-/* FUSE's own arguments: the mount's name and type, ro/rw, user's -o. */
 /* The max_read mount option given with -o, or 0. */
 static unsigned user_max_read(const struct vm_options *o)
 {
@@ -67,6 +66,8 @@ static void *mount_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
     return view_ops->init ? view_ops->init(conn, cfg) : fuse_get_context()->private_data;
 }
 
+/* FUSE's own arguments: the mount's name and type, ro/rw, user's -o, and
+ * the max_read chosen for the view. */
 static int fuse_args_for(const struct vm_options *o, bool writable, struct fuse_args *a)
 {
     char abs[PATH_MAX], opts[PATH_MAX + 256];
