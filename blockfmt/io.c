@@ -40,6 +40,20 @@ static int do_map(struct bf_image *img, uint64_t off, uint64_t len, unsigned fla
     return 0;
 }
 
+/* The driver's read bracket (qcow2 opened writable: a writer may not free
+ * clusters under a read or block status). */
+static void io_enter(struct bf_image *img)
+{
+    if (img->drv->io_begin)
+        img->drv->io_begin(img);
+}
+
+static void io_leave(struct bf_image *img)
+{
+    if (img->drv->io_end)
+        img->drv->io_end(img);
+}
+
 /* ---------------------------------------------------------------- reads */
 
 /* Where a read reports the ranges it knows read as zero (bf_pread_zeros):
@@ -207,11 +221,9 @@ static int pread_top(struct bf_image *img, void *buf, size_t len, uint64_t off,
     int r = check_range(img, off, len, "read");
     if (r < 0)
         return r;
-    if (!img->drv->io_begin)
-        return pread_impl(img, buf, len, off, z, top);
-    img->drv->io_begin(img);
+    io_enter(img);
     r = pread_impl(img, buf, len, off, z, top);
-    img->drv->io_end(img);
+    io_leave(img);
     return r;
 }
 
@@ -366,17 +378,13 @@ int bf_block_status(struct bf_image *img, uint64_t off, uint64_t len, struct bf_
         return r;
     if (len == 0)
         return bf_err(img, -EINVAL, "block status of an empty range");
-    if (!img->drv->io_begin)
-        return status_at(img, off, len, 1, st);
-    img->drv->io_begin(img);
+    io_enter(img);
     r = status_at(img, off, len, 1, st);
-    img->drv->io_end(img);
+    io_leave(img);
     return r;
 }
 
 /* -------------------------------------------------------------- locate */
-
-static int locate_top(struct bf_image *img, uint64_t off, uint64_t len, struct bf_location *loc);
 
 static int locate_at(struct bf_image *img, uint64_t off, uint64_t len, struct bf_location *loc)
 {
@@ -415,27 +423,21 @@ static int locate_at(struct bf_image *img, uint64_t off, uint64_t len, struct bf
     default:
         return 0;
     }
-    r = locate_top(next, next_off, next_len, loc);
+    r = bf_locate(next, next_off, next_len, loc);
     return r < 0 ? bf_err_from(img, next, r, "") : 0;
 }
 
-/* Range check and the driver's read bracket, as pread_top. */
-static int locate_top(struct bf_image *img, uint64_t off, uint64_t len, struct bf_location *loc)
+/* Range check and the driver's read bracket, as pread_top; also entered
+ * again for the image a run continues in (slice parent, backing file). */
+int bf_locate(struct bf_image *img, uint64_t off, uint64_t len, struct bf_location *loc)
 {
     int r = check_range(img, off, len, "locate");
     if (r < 0)
         return r;
     if (len == 0)
         return bf_err(img, -EINVAL, "locating an empty range");
-    if (!img->drv->io_begin)
-        return locate_at(img, off, len, loc);
-    img->drv->io_begin(img);
+    io_enter(img);
     r = locate_at(img, off, len, loc);
-    img->drv->io_end(img);
+    io_leave(img);
     return r;
-}
-
-int bf_locate(struct bf_image *img, uint64_t off, uint64_t len, struct bf_location *loc)
-{
-    return locate_top(img, off, len, loc);
 }

@@ -261,6 +261,32 @@ process_gone() {
     [ -z "$st" ] || [ "$st" = Z ] || [ "$st" = X ]
 }
 
+# require_vdisk_nbd: a test of the server fails (not skips) when it is not built.
+require_vdisk_nbd() {
+    [ -x "$VDISK_NBD" ] && return 0
+    not_ok "vdisk-nbd is built" "$VDISK_NBD is missing (make testprogs)"
+    done_testing
+}
+
+# syscall_seen DESC PID SYSCALL CMD...: trace PID's SYSCALL calls with strace
+# while CMD runs (again, up to 50 times, until one is seen); ok/not_ok DESC.
+syscall_seen() {
+    local desc=$1 pid=$2 sc=$3 tr st i
+    shift 3
+    tr=$(mktemp "$T/.trace.XXXXXX")
+    strace -f -qq -e trace="$sc" -o "$tr" -p "$pid" 2>/dev/null &
+    st=$!
+    for ((i = 0; i < 50; i++)); do
+        "$@" >/dev/null 2>&1
+        grep -q "$sc(" "$tr" 2>/dev/null && break
+        sleep 0.1
+    done
+    kill "$st" 2>/dev/null
+    wait "$st" 2>/dev/null
+    if grep -q "$sc(" "$tr"; then ok "$desc"; else
+        not_ok "$desc" "no $sc(2) seen in process $pid" "$(head -3 "$tr")"; fi
+}
+
 # ---- qcow2 write tests (tests/test-qcow2-write-model.sh, -crash.sh, -locking.sh) ----
 
 # require_nbd_python: sets NBD_PYTHON to a python3 that can `import nbd`

@@ -32,10 +32,7 @@
 . "$(dirname "$0")/lib.sh"
 require qemu-img qemu-io qemu-nbd nbdinfo nbdcopy sfdisk python3 timeout cmp sha256sum fio
 require_nbdsh
-if [ ! -x "$VDISK_NBD" ]; then
-    not_ok "vdisk-nbd is built" "$VDISK_NBD is missing (make testprogs)"
-    done_testing
-fi
+require_vdisk_nbd
 
 TO="timeout 60"
 MiB=$((1 << 20))

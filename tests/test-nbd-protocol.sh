@@ -27,10 +27,7 @@
 . "$(dirname "$0")/lib.sh"
 require qemu-img qemu-io sfdisk python3 timeout strace
 require_nbdsh
-if [ ! -x "$VDISK_NBD" ]; then
-    not_ok "vdisk-nbd is built" "$VDISK_NBD is missing (make testprogs)"
-    done_testing
-fi
+require_vdisk_nbd
 
 TO="timeout 120"
 CLIENT="python3 $VDISK_TOP/tests/nbd_client.py"
@@ -470,15 +467,8 @@ scenario "large reads of a read-only qcow2, every reply style, pipelined: right 
 scenario "large reads of the partitions of a read-only sparse raw disk: right bytes" \
     "$SC" large_reads_partition mbr.raw
 # ...and those of all-data ranges went out with sendfile(2) (commands.c)
-strace -f -qq -e trace=sendfile -o "$T/sendfile.trace" -p "$PB" 2>/dev/null & st=$!
-for ((i = 0; i < 50; i++)); do
-    $TO $CLIENT "$SB" large_reads sp.raw >/dev/null 2>&1
-    grep -q 'sendfile(' "$T/sendfile.trace" 2>/dev/null && break
-    sleep 0.1
-done
-kill "$st" 2>/dev/null; wait "$st" 2>/dev/null
-grep -q 'sendfile(' "$T/sendfile.trace" && ok "large reads of a read-only image are sent with sendfile(2)" ||
-    not_ok "no sendfile(2) seen in the server" "$(head -3 "$T/sendfile.trace")"
+syscall_seen "large reads of a read-only image are sent with sendfile(2)" "$PB" sendfile \
+    $TO $CLIENT "$SB" large_reads sp.raw
 still_serving "the server survived the raw-socket clients" "$PA"
 
 # --------------------------------------------------------- idle clients

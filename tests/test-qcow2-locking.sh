@@ -23,10 +23,7 @@
 #     after unmount.
 . "$(dirname "$0")/lib.sh"
 require qemu-img qemu-io cmp timeout fusermount3
-if [ ! -x "$VDISK_NBD" ]; then
-    not_ok "vdisk-nbd is built" "$VDISK_NBD is missing (make testprogs)"
-    done_testing
-fi
+require_vdisk_nbd
 cd "${T:?}" || exit 1
 TO="timeout 30"
 

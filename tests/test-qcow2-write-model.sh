@@ -30,10 +30,7 @@
 . "$(dirname "$0")/lib.sh"
 require qemu-img qemu-io cmp
 require_nbd_python
-if [ ! -x "$VDISK_NBD" ]; then
-    not_ok "vdisk-nbd is built" "$VDISK_NBD is missing (make testprogs)"
-    done_testing
-fi
+require_vdisk_nbd
 cd "${T:?}" || exit 1
 
 SEED=${QCOW2_SEED:-$(( $(od -An -N4 -tu4 /dev/urandom) % 1000000 ))}
