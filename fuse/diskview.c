@@ -99,13 +99,21 @@ static int dv_open(const char *path, struct fuse_file_info *fi)
 
 /* Reads of a read-only view answer with the image file's own descriptor and
  * offset wherever the image stores the bytes as they are (raw, uncompressed
- * qcow2 clusters, flat and sparse vmdk extents), so libfuse splices them from
- * the page cache into the reply: one copy of every byte fewer than read()
- * into a buffer and write() out of it.  Everything else (zeros, compressed
- * clusters, remote images) is read into memory as before.  A writable view
- * never does this: a cluster named here could be freed and reused by a write
- * before the kernel takes the bytes. */
-#define DV_MAX_BUFS 16
+ * qcow2 clusters, flat and sparse vmdk extents): see readbuf.c.  Everything
+ * else (zeros, compressed clusters, remote images) is read into memory.  A
+ * writable view never does this: a cluster named here could be freed and
+ * reused by a write before the kernel takes the bytes. */
+static int dv_locate(void *ctx, uint64_t off, uint64_t len, struct bf_location *loc)
+{
+    int r = bf_locate(ctx, off, len, loc);
+    return r < 0 ? view_error(ctx, r) : 0;
+}
+
+static int dv_pread(void *ctx, void *buf, size_t len, uint64_t off)
+{
+    int r = bf_pread(ctx, buf, len, off);
+    return r < 0 ? view_error(ctx, r) : (int)len;
+}
 
 static int dv_read_buf(const char *path, struct fuse_bufvec **bufp, size_t size, off_t off,
                        struct fuse_file_info *fi)
@@ -120,56 +128,7 @@ static int dv_read_buf(const char *path, struct fuse_bufvec **bufp, size_t size,
         size = 0;
     else if (size > end - (uint64_t)off)
         size = (size_t)(end - (uint64_t)off);
-
-    /* The runs of the request: file ranges, and memory for the rest (with
-     * the last slot taking whatever is left). */
-    struct bf_location loc[DV_MAX_BUFS];
-    size_t n = 0, done = 0;
-    while (done < size) {
-        struct bf_location l = { .len = size - done, .fd = -1 };
-        if (v->splice && n < DV_MAX_BUFS - 1) {
-            int r = bf_locate(img, (uint64_t)off + done, size - done, &l);
-            if (r < 0)
-                return view_error(img, r);
-        }
-        if (n > 0 && l.fd < 0 && loc[n - 1].fd < 0)
-            loc[n - 1].len += l.len;         /* memory runs read in one go */
-        else if (n > 0 && l.fd >= 0 && loc[n - 1].fd == l.fd &&
-                 loc[n - 1].fd_off + loc[n - 1].len == l.fd_off)
-            loc[n - 1].len += l.len;         /* contiguous in the file */
-        else
-            loc[n++] = l;
-        done += l.len;
-    }
-
-    struct fuse_bufvec *bv = calloc(1, sizeof *bv + (n ? n - 1 : 0) * sizeof bv->buf[0]);
-    if (!bv)
-        return -ENOMEM;
-    bv->count = n ? n : 1;               /* an empty reply: one empty buffer */
-    done = 0;
-    for (size_t i = 0; i < n; i++) {
-        struct fuse_buf *b = &bv->buf[i];
-        b->size = loc[i].len;
-        if (loc[i].fd >= 0) {
-            b->flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
-            b->fd = loc[i].fd;
-            b->pos = (off_t)loc[i].fd_off;
-        } else {
-            int r = (b->mem = malloc(b->size ? b->size : 1)) ? 0 : -ENOMEM;
-            if (r == 0 && (r = bf_pread(img, b->mem, b->size, (uint64_t)off + done)) < 0)
-                r = view_error(img, r);
-            if (r < 0) {
-                for (size_t j = 0; j <= i; j++)
-                    if (!(bv->buf[j].flags & FUSE_BUF_IS_FD))
-                        free(bv->buf[j].mem);
-                free(bv);
-                return r;
-            }
-        }
-        done += loc[i].len;
-    }
-    *bufp = bv;
-    return 0;
+    return view_read_buf(bufp, size, (uint64_t)off, v->splice, dv_locate, dv_pread, img);
 }
 
 static int dv_write(const char *path, const char *buf, size_t size, off_t off,
@@ -239,49 +198,11 @@ static int dv_statfs(const char *path, struct statvfs *st)
     return 0;
 }
 
-/* libfuse splices a reply through a per-thread pipe that must hold the
- * header, one page per buffer and the data; when it cannot grow the pipe
- * that far it falls back to copying everything into a fresh allocation,
- * which is slower than not splicing at all.  Pipes grow to at most
- * /proc/sys/fs/pipe-max-size (1 MiB by default) without privilege. */
-static size_t pipe_max_size(void)
-{
-    size_t max = 1u << 20;
-    FILE *f = fopen("/proc/sys/fs/pipe-max-size", "re");
-    if (f) {
-        unsigned long v;
-        if (fscanf(f, "%lu", &v) == 1)
-            max = v;
-        fclose(f);
-    }
-    return max;
-}
-
-static size_t splice_overhead(void)
-{
-    return (DV_MAX_BUFS + 3) * (size_t)sysconf(_SC_PAGESIZE);
-}
-
-size_t diskview_splice_max_read(void)
-{
-    size_t max = pipe_max_size(), over = splice_overhead(), page = (size_t)sysconf(_SC_PAGESIZE);
-    if (max > (1u << 20) + over)
-        return 1u << 20;                 /* the most FUSE asks for at once */
-    if (max < (128u << 10) + over)
-        return 0;                        /* too small to be worth it */
-    return (max - over) / page * page;
-}
-
 static void *dv_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
 {
     (void)cfg;
     struct diskview *v = dv();
-    /* conn->max_read is the mount's max_read option, set by mount.c */
-    if (!v->writable && (conn->capable & FUSE_CAP_SPLICE_WRITE) && conn->max_read > 0 &&
-        conn->max_read + splice_overhead() <= pipe_max_size()) {
-        conn->want |= FUSE_CAP_SPLICE_WRITE;
-        v->splice = true;
-    }
+    v->splice = !v->writable && view_splice_init(conn);
     return v;
 }
 

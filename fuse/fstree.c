@@ -32,6 +32,7 @@ struct fstree {
     struct fst_mount *m;
     size_t n;
     struct view_owner owner;
+    bool splice;                 /* read replies may name file ranges (ft_init) */
 };
 
 static struct fstree *ft(void)
@@ -121,28 +122,70 @@ static int ft_getattr(const char *path, struct stat *st, struct fuse_file_info *
     return 0;
 }
 
+/* One listing (or the part of it after @off): entries are numbered in the
+ * order they are produced (".", "..", the file system's, then mount points
+ * it lacks), and each is handed to libfuse with the number of the next, so a
+ * listing too big for one reply resumes where it stopped.  libfuse uses
+ * READDIRPLUS attributes only from such a listing; with them `ls -l` of a
+ * big directory costs one listing instead of a LOOKUP per name. */
 struct fill_ctx {
     void *buf;
     fuse_fill_dir_t fill;
-    size_t idx;
+    size_t idx;                  /* mount index, for fix_ino */
+    const char *path;            /* the directory being listed */
+    bool plus;                   /* the kernel asked for attributes too */
+    off_t off, pos;              /* resume after entry @off; entries produced */
+    bool full;                   /* libfuse's reply buffer is full */
 };
+
+/* Pass one entry on unless it was sent before; non-zero once full.  @st may
+ * be NULL (no attributes: the kernel looks the name up when it needs them). */
+static int emit(struct fill_ctx *f, const char *name, const struct stat *st, bool plus)
+{
+    if (++f->pos <= f->off)
+        return 0;
+    if (f->fill(f->buf, name, st, f->pos, plus && st ? FUSE_FILL_DIR_PLUS : 0)) {
+        f->full = true;
+        return 1;
+    }
+    return 0;
+}
+
+/* Is @name in directory @dir itself a mount directory?  Its attributes are
+ * then the mounted file system's root, not what the listing shows. */
+static bool is_mount_dir(const char *dir, const char *name)
+{
+    struct fstree *t = ft();
+    size_t dl = strlen(dir) == 1 ? 0 : strlen(dir);
+    for (size_t i = 0; i < t->n; i++) {
+        const char *d = t->m[i].dir;
+        if (t->m[i].dirlen > dl && !strncmp(d, dir, dl) && d[dl] == '/' &&
+            !strcmp(d + dl + 1, name))
+            return true;
+    }
+    return false;
+}
 
 static int fill_one(void *ctx, const char *name, const struct stat *st)
 {
     struct fill_ctx *f = ctx;
+    if (f->pos < f->off) {       /* sent before: skip without copying */
+        f->pos++;
+        return 0;
+    }
     struct stat s = *st;
     fix_ino(&s, f->idx);
-    return f->fill(f->buf, name, &s, 0, 0);
+    return emit(f, name, &s, f->plus && (ft()->n == 1 || !is_mount_dir(f->path, name)));
 }
 
 /* Add the next path component of every mount directory below @path that
  * the listing did not show (a mount point missing from its parent fs). */
 static void add_mount_points(const char *path, struct fst_mount *owner, const char *rel,
-                             void *buf, fuse_fill_dir_t fill)
+                             struct fill_ctx *f)
 {
     struct fstree *t = ft();
     size_t pl = strlen(path);
-    for (size_t i = 0; i < t->n; i++) {
+    for (size_t i = 0; i < t->n && !f->full; i++) {
         const char *d = t->m[i].dir;
         const char *rest;
         if (pl == 1)
@@ -176,30 +219,30 @@ static void add_mount_points(const char *path, struct fst_mount *owner, const ch
                 dup = true;
         }
         if (!dup)
-            fill(buf, name, NULL, 0, 0);
+            emit(f, name, NULL, false);
     }
 }
 
 static int ft_readdir(const char *path, void *buf, fuse_fill_dir_t fill, off_t off,
                       struct fuse_file_info *fi, enum fuse_readdir_flags flags)
 {
-    (void)off;
     (void)fi;
-    (void)flags;
     const char *rel;
-    size_t idx;
+    size_t idx = 0;
     struct fst_mount *m = resolve(path, &rel, &idx);
-    fill(buf, ".", NULL, 0, 0);
-    fill(buf, "..", NULL, 0, 0);
+    struct fill_ctx f = { .buf = buf, .fill = fill, .idx = idx, .path = path,
+                          .plus = (flags & FUSE_READDIR_PLUS) != 0, .off = off };
+    if (emit(&f, ".", NULL, false) || emit(&f, "..", NULL, false))
+        return 0;
     if (m) {
-        struct fill_ctx ctx = { buf, fill, idx };
-        int r = fsview_readdir(m->fs, rel, fill_one, &ctx);
+        int r = fsview_readdir(m->fs, rel, fill_one, &f);
         if (r < 0 && !(r == -ENOENT && leads_to_mount(path)))
             return r;
     } else if (!leads_to_mount(path)) {
         return -ENOENT;
     }
-    add_mount_points(path, m, m ? rel : NULL, buf, fill);
+    if (!f.full)
+        add_mount_points(path, m, m ? rel : NULL, &f);
     return 0;
 }
 
@@ -229,12 +272,34 @@ static int ft_open(const char *path, struct fuse_file_info *fi)
     return 0;
 }
 
-static int ft_read(const char *path, char *buf, size_t size, off_t off,
-                   struct fuse_file_info *fi)
+/* A read: the file's plain blocks go out spliced from the image file
+ * (readbuf.c); the rest is read by fsview. */
+struct ft_file {
+    struct fsview *fs;
+    uint64_t fh;
+};
+
+static int ft_locate(void *ctx, uint64_t off, uint64_t len, struct bf_location *loc)
+{
+    const struct ft_file *f = ctx;
+    return fsview_locate(f->fs, f->fh, off, len, loc);
+}
+
+static int ft_pread(void *ctx, void *buf, size_t len, uint64_t off)
+{
+    const struct ft_file *f = ctx;
+    return fsview_read(f->fs, f->fh, buf, len, (off_t)off);
+}
+
+static int ft_read_buf(const char *path, struct fuse_bufvec **bufp, size_t size, off_t off,
+                       struct fuse_file_info *fi)
 {
     (void)path;
-    struct fst_mount *m = &ft()->m[fi->fh & ((1u << FH_SHIFT) - 1)];
-    return fsview_read(m->fs, fi->fh >> FH_SHIFT, buf, size, off);
+    if (off < 0)
+        return -EINVAL;
+    struct fstree *t = ft();
+    struct ft_file f = { t->m[fi->fh & ((1u << FH_SHIFT) - 1)].fs, fi->fh >> FH_SHIFT };
+    return view_read_buf(bufp, size, (uint64_t)off, t->splice, ft_locate, ft_pread, &f);
 }
 
 static int ft_release(const char *path, struct fuse_file_info *fi)
@@ -263,11 +328,12 @@ static int ft_statfs(const char *path, struct statvfs *st)
  * long kernel caching: nothing under a read-only view ever changes. */
 static void *ft_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
 {
-    (void)conn;
     cfg->use_ino = 1;
     cfg->readdir_ino = 1;
     cfg->entry_timeout = cfg->attr_timeout = cfg->negative_timeout = 3600;
-    return ft();
+    struct fstree *t = ft();
+    t->splice = view_splice_init(conn);
+    return t;
 }
 
 const struct fuse_operations fstree_ops = {
@@ -276,7 +342,7 @@ const struct fuse_operations fstree_ops = {
     .readdir = ft_readdir,
     .readlink = ft_readlink,
     .open = ft_open,
-    .read = ft_read,
+    .read_buf = ft_read_buf,
     .release = ft_release,
     .statfs = ft_statfs,
 };

@@ -8,9 +8,16 @@
  * nodev, so opening a device node fails with EACCES before we are asked,
  * and a FIFO opens as a pipe local to the mount.
  *
+ * Most files' data is a list of block runs that says all there is to know
+ * (plain blocks and holes); for those the runs are copied at open and reads
+ * go straight to the image (fsview_read, fsview_locate), in parallel and
+ * without libtsk.  The rest (compressed, encrypted, resident, NTFS streams
+ * with an uninitialised tail, anything odd) is read through libtsk.
+ *
  * Thread model: fs->hlock guards the table; every libtsk call holds fs->tsk.
- * A handle is used by one read at a time per FUSE request but may be read
- * from several threads; the tsk lock serialises those reads.
+ * A handle may be read from several threads at once; reads through libtsk
+ * are serialised by the tsk lock, reads by runs take no lock (the runs are
+ * fixed from open to release, and FUSE releases a file only after its reads).
  */
 #include "fsview-int.h"
 #include "views.h"
@@ -59,6 +66,95 @@ static int handle_get(struct fsview *fs, uint64_t fh, struct fsv_handle *out)
     return r;
 }
 
+/* Copy @h's data runs into h->runs when they describe the data completely:
+ * non-resident, neither compressed nor encrypted, fully initialised, runs
+ * that follow each other from offset 0 to the end without filler entries,
+ * every block inside the file system and the image.  Anything else leaves
+ * h->runs NULL (reads go through libtsk).  Every value here comes from the
+ * image: checked, with overflow, before it is used.  (tsk lock held) */
+static void copy_runs(struct fsview *fs, struct fsv_handle *h)
+{
+    const TSK_FS_ATTR *a = h->attr;
+    uint64_t bs = fs->tf->block_size, size = (uint64_t)h->size;
+    uint64_t img_size = bf_size(fs->img), base = (uint64_t)fs->tf->offset;
+    if (!a || size == 0 || bs == 0 || fs->tf->offset < 0 || !(a->flags & TSK_FS_ATTR_NONRES) ||
+        (a->flags & (TSK_FS_ATTR_COMP | TSK_FS_ATTR_ENC)) || a->r || a->nrd.skiplen ||
+        a->nrd.initsize < a->size)
+        return;
+    size_t n = 0, cap = 0;
+    struct fsv_run *runs = NULL;
+    uint64_t covered = 0;
+    for (const TSK_FS_ATTR_RUN *rn = a->nrd.run; rn && covered < size; rn = rn->next) {
+        if (rn->len == 0)
+            continue;                 /* an entry not in use */
+        uint64_t off, len, at = 0;
+        if ((rn->flags & ~(unsigned)TSK_FS_ATTR_RUN_FLAG_SPARSE) ||
+            __builtin_mul_overflow((uint64_t)rn->offset, bs, &off) || off != covered ||
+            __builtin_mul_overflow((uint64_t)rn->len, bs, &len))
+            goto fail;                /* filler, encrypted, a gap or an overlap */
+        bool sparse = rn->flags & TSK_FS_ATTR_RUN_FLAG_SPARSE;
+        if (len > size - covered)
+            len = size - covered;     /* the last block runs past the end of the file */
+        if (!sparse && (rn->addr > fs->tf->last_block ||
+                        rn->len - 1 > fs->tf->last_block - rn->addr ||
+                        __builtin_mul_overflow((uint64_t)rn->addr, bs, &at) ||
+                        __builtin_add_overflow(at, base, &at) || at > img_size ||
+                        len > img_size - at))
+            goto fail;
+        if (n == cap) {
+            cap = cap ? cap * 2 : 8;
+            struct fsv_run *t = realloc(runs, cap * sizeof *t);
+            if (!t)
+                goto fail;
+            runs = t;
+        }
+        runs[n++] = (struct fsv_run){ covered, len, sparse ? 0 : at, sparse };
+        covered += len;
+    }
+    if (covered < size)
+        goto fail;
+    h->runs = runs;
+    h->nruns = n;
+    return;
+fail:
+    free(runs);
+}
+
+/* The run holding byte @off of the file (off < size). */
+static const struct fsv_run *run_at(const struct fsv_handle *h, uint64_t off)
+{
+    size_t lo = 0, hi = h->nruns;
+    while (hi - lo > 1) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (h->runs[mid].off <= off)
+            lo = mid;
+        else
+            hi = mid;
+    }
+    return &h->runs[lo];
+}
+
+static int read_runs(struct fsview *fs, const struct fsv_handle *h, char *buf, size_t size,
+                     uint64_t off)
+{
+    while (size > 0) {
+        const struct fsv_run *rn = run_at(h, off);
+        uint64_t in = off - rn->off;
+        size_t n = (size_t)(rn->len - in < size ? rn->len - in : size);
+        if (rn->sparse) {
+            memset(buf, 0, n);
+        } else {
+            int r = bf_pread(fs->img, buf, n, rn->img_off + in);
+            if (r < 0)
+                return view_error(fs->img, r);
+        }
+        buf += n;
+        off += n;
+        size -= n;
+    }
+    return 0;
+}
+
 int fsview_open_file(struct fsview *fs, const char *path, uint64_t *fh)
 {
     struct fsv_node *n;
@@ -78,6 +174,7 @@ int fsview_open_file(struct fsview *fs, const char *path, uint64_t *fh)
     if (h.file) {
         h.attr = fsv_data_attr(fs, h.file);
         h.size = h.attr && h.attr->size > 0 ? h.attr->size : 0;
+        copy_runs(fs, &h);
     } else if (view_verbose) {
         fprintf(stderr, "vdisk-mount: %s: %s: %s\n", fs->type, path, fsv_tsk_error(e, sizeof e));
     }
@@ -93,6 +190,7 @@ int fsview_open_file(struct fsview *fs, const char *path, uint64_t *fh)
         return -EIO;
     }
     if ((r = handle_add(fs, &h, fh)) < 0) {
+        free(h.runs);
         pthread_mutex_lock(&fs->tsk);
         tsk_fs_file_close(h.file);
         pthread_mutex_unlock(&fs->tsk);
@@ -114,6 +212,10 @@ int fsview_read(struct fsview *fs, uint64_t fh, char *buf, size_t size, off_t of
         size = INT_MAX;
     if ((uint64_t)size > (uint64_t)(h.size - off))
         size = (size_t)(h.size - off);
+    if (h.runs) {
+        r = read_runs(fs, &h, buf, size, (uint64_t)off);
+        return r < 0 ? r : (int)size;
+    }
     size_t got = 0;
     char e[256];
     pthread_mutex_lock(&fs->tsk);
@@ -135,12 +237,36 @@ int fsview_read(struct fsview *fs, uint64_t fh, char *buf, size_t size, off_t of
     return (int)got;
 }
 
+int fsview_locate(struct fsview *fs, uint64_t fh, uint64_t off, uint64_t len,
+                  struct bf_location *loc)
+{
+    struct fsv_handle h;
+    int r = handle_get(fs, fh, &h);
+    if (r < 0)
+        return r;
+    *loc = (struct bf_location){ .len = 0, .fd = -1 };
+    if (off >= (uint64_t)h.size)
+        return 0;                     /* the end of the file */
+    loc->len = len < (uint64_t)h.size - off ? len : (uint64_t)h.size - off;
+    if (!h.runs || len == 0)
+        return 0;
+    const struct fsv_run *rn = run_at(&h, off);
+    uint64_t in = off - rn->off;
+    if (rn->len - in < loc->len)
+        loc->len = rn->len - in;
+    if (rn->sparse)
+        return 0;
+    r = bf_locate(fs->img, rn->img_off + in, loc->len, loc);
+    return r < 0 ? view_error(fs->img, r) : 0;
+}
+
 void fsview_release(struct fsview *fs, uint64_t fh)
 {
     TSK_FS_FILE *f = NULL;
     pthread_mutex_lock(&fs->hlock);
     if (fh < fs->nh) {
         f = fs->h[fh].file;
+        free(fs->h[fh].runs);
         memset(&fs->h[fh], 0, sizeof fs->h[fh]);
     }
     pthread_mutex_unlock(&fs->hlock);
@@ -154,8 +280,10 @@ void fsview_release(struct fsview *fs, uint64_t fh)
 void fsv_handles_free(struct fsview *fs)
 {
     for (size_t i = 0; i < fs->nh; i++)
-        if (fs->h[i].file)
+        if (fs->h[i].file) {
             tsk_fs_file_close(fs->h[i].file);
+            free(fs->h[i].runs);
+        }
     free(fs->h);
     fs->h = NULL;
     fs->nh = 0;

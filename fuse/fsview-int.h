@@ -44,10 +44,23 @@ struct fsv_ext_geo {              /* ext2/3/4: where inodes are (fsview-ext.c) *
     uint64_t gdt;                /* block of the group descriptor table */
 };
 
+/* Where a stretch of a file's data lies: bytes [off, off+len) of the file
+ * are at byte @img_off of the view's image, or read as zero (@sparse). */
+struct fsv_run {
+    uint64_t off, len, img_off;
+    bool sparse;
+};
+
 struct fsv_handle {
     TSK_FS_FILE *file;           /* NULL: slot free */
     const TSK_FS_ATTR *attr;     /* the data stream read, NULL for an empty file */
     int64_t size;                /* bytes readable from attr */
+    /* The data stream's runs, when they say everything about it (plain
+     * blocks and holes: no compression, encryption, resident data or
+     * uninitialised tail); reads then go to the image without libtsk and
+     * without its lock.  NULL: every read goes through libtsk. */
+    struct fsv_run *runs;
+    size_t nruns;
 };
 
 struct fsview {

@@ -44,6 +44,12 @@ int fsview_readlink(struct fsview *fs, const char *path, char *buf, size_t len);
 int fsview_open_file(struct fsview *fs, const char *path, uint64_t *fh);
 /* Bytes read (0 at end of file) or -errno; sparse regions read as zero. */
 int fsview_read(struct fsview *fs, uint64_t fh, char *buf, size_t size, off_t off);
+/* Where bytes [@off, @off+@len) of an open file start: as bf_locate() on
+ * the image (loc->fd >= 0: that many bytes lie as they are in a local file),
+ * or loc->fd = -1 for a stretch to read with fsview_read (a hole, data
+ * libtsk must decode); loc->len is 0 at or past the end of the file. */
+int fsview_locate(struct fsview *fs, uint64_t fh, uint64_t off, uint64_t len,
+                  struct bf_location *loc);
 void fsview_release(struct fsview *fs, uint64_t fh);
 
 int fsview_statfs(struct fsview *fs, struct statvfs *st);

@@ -1,7 +1,7 @@
 /* mount.c — `vdisk-mount [options] IMAGE MOUNTPOINT`: open the image (read-
  * only unless --rw; -s for a throwaway overlay), build the view, mount it
  * with FUSE and serve it.  Unless -f, the serving process forks into the
- * background first and the command returns only once the mount exists, so
+ * background first and the command returns only once the mount answers, so
  * a script can use it on the next line.  The serving process names itself
  * in the mount's source ("vdisk:PID:IMAGE") so `-u` can wait for it.
  *
@@ -217,11 +217,11 @@ static int serve(const struct vm_options *o, int status_fd)
         return 1;
     }
 
-    /* A read-only disk view splices file ranges into its replies when
-     * they fit libfuse's pipes (diskview.c); reads are sized to fit. */
+    /* Read-only views splice file ranges into their replies when they fit
+     * libfuse's pipes (readbuf.c); reads are sized to fit. */
     mount_max_read = user_max_read(o);
-    if (!mount_max_read && !fsview && !writable)
-        mount_max_read = (unsigned)diskview_splice_max_read();
+    if (!mount_max_read && !writable)
+        mount_max_read = (unsigned)view_splice_max_read();
     view_ops = ops;
     struct fuse_operations mops = *ops;
     mops.init = mount_init;
@@ -357,8 +357,16 @@ int vm_mount(const struct vm_options *o)
     line[got] = 0;
     close(p[0]);
     line[strcspn(line, "\n")] = 0;
-    if (!strcmp(line, "ok"))
-        return 0;
+    if (!strcmp(line, "ok")) {
+        /* The mount exists; make sure it answers too (FUSE INIT is done
+         * only once the serving process runs its loop, and libfuse may still
+         * end the session there): a stat is one round trip through it. */
+        if (stat(o->mountpoint, &st) == 0)
+            return 0;
+        fprintf(stderr, "vdisk-mount: %s: the mount does not answer: %s\n", o->mountpoint,
+                strerror(errno));
+        return 1;
+    }
     if (!strncmp(line, "error ", 6))
         fprintf(stderr, "vdisk-mount: %s\n", line + 6);
     else

@@ -34,9 +34,22 @@ extern const struct fuse_operations diskview_ops;
 void *diskview_build(struct bf_image *disk, bool writable, const struct view_owner *owner,
                      char *err, size_t errlen);
 void diskview_free(void *v);
-/* The max_read mount option under which a read-only disk view answers reads
- * by splicing from the image file (0: not possible here). */
-size_t diskview_splice_max_read(void);
+
+/* readbuf.c: read replies that splice file ranges (read-only views).
+ * The max_read mount option under which a view can answer reads by
+ * splicing from the image file (0: not possible here). */
+size_t view_splice_max_read(void);
+/* From a view's init(): ask for spliced replies if this mount allows them. */
+bool view_splice_init(struct fuse_conn_info *conn);
+/* Where bytes of the file at @off lie (see bf_locate; loc->len 0 at the
+ * end of the file), and a read of them into memory (bytes read, fewer only
+ * at the end of the file, or -errno). */
+typedef int (*view_locate_fn)(void *ctx, uint64_t off, uint64_t len, struct bf_location *loc);
+typedef int (*view_pread_fn)(void *ctx, void *buf, size_t len, uint64_t off);
+/* A read_buf answer of @size bytes at @off: file ranges as descriptors when
+ * @splice, the rest read into memory. */
+int view_read_buf(struct fuse_bufvec **bufp, size_t size, uint64_t off, bool splice,
+                  view_locate_fn locate, view_pread_fn pread_fn, void *ctx);
 
 extern const struct fuse_operations fstree_ops;
 /* File systems named by o->fs[] (or all with o->all) on @disk. */

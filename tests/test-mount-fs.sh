@@ -280,7 +280,9 @@ big_checks() {   # big_checks FS MNT: the 10 000-entry directory and the 100 MiB
 # ==================================================================== ext4
 SRC=$T/src-ext
 mk_tree "$SRC" many=10000 big sparse links hardlinks special owners emoji
-mkdir -p "$T/src-boot/grub"
+# a /boot of the root file system's own, hidden by p2 mounted over it
+mkdir -p "$SRC/boot" "$T/src-boot/grub"
+echo "under the mount" >"$SRC/boot/only-in-p1"
 echo "boot config" >"$T/src-boot/grub/grub.cfg"
 echo "kernel" >"$T/src-boot/vmlinuz"
 check "ext4: mkfs.ext4 -d makes the root file system" \
@@ -340,7 +342,45 @@ if view_mount "ext4: vdisk-mount -m p1 IMAGE MNT" -m p1 "$T/ext.qcow2" "$M"; the
     view_unmount "ext4: vdisk-mount -u returns 0 and the serving process is gone" "$M"
 fi
 
+# READDIRPLUS: a listing hands the kernel each entry's attributes, so ls -l
+# of the 10 000-entry directory must not cost a LOOKUP per name (libfuse's
+# debug log counts the requests); the listing spans many replies, so it also
+# checks that each reply resumes where the last stopped.
+mkdir -p "$M"
+"$VDISK_MOUNT" -f -o debug -m p1 "$T/ext.qcow2" "$M" >"$T/fg.log" 2>&1 &
+fg=$!
+on_exit "kill $fg 2>/dev/null; wait $fg 2>/dev/null"
+for _ in $(seq 100); do [ -e "$M/many" ] && break; sleep 0.05; done
+ls -l --time-style=+%s "$M/many" >"$T/.lsplus" 2>"$T/.err"
+lookups=$(grep -c 'opcode: LOOKUP' "$T/fg.log")
+plus=$(grep -c 'opcode: READDIRPLUS' "$T/fg.log")
+if [ "$(grep -c '^-' "$T/.lsplus")" -eq 10000 ] && [ "$lookups" -lt 100 ] && [ "$plus" -gt 1 ]; then
+    ok "ext4: ls -l of 10 000 entries: $plus READDIRPLUS replies, $lookups LOOKUPs"
+else
+    not_ok "ext4: ls -l of 10 000 entries without a LOOKUP per name" \
+        "$(grep -c '^-' "$T/.lsplus") files listed, $plus READDIRPLUS, $lookups LOOKUP" "$(cat "$T/.err")"
+fi
+(cd "$SRC/many" && ls -l --time-style=+%s) | awk '{print $1, $5, $6, $7}' >"$T/.want"
+awk 'NR > 1 {print $1, $5, $6, $7}' "$T/.lsplus" >"$T/.got"
+if [ "$(sed 1d "$T/.want" | sort | uniq | wc -l)" -eq 10000 ] && cmp -s <(sed 1d "$T/.want") "$T/.got"; then
+    ok "ext4: that listing has every name once, with the source's mode, size and mtime"
+else
+    not_ok "ext4: READDIRPLUS listing equals the source" "$(diff <(sed 1d "$T/.want") "$T/.got" | head -n 5)"
+fi
+check "ext4: -u the foreground debug mount" "$VDISK_MOUNT" -u "$M"
+wait $fg 2>/dev/null
+
 if view_mount "ext4: -m p1:/ -m p2:/boot" -m p1:/ -m p2:/boot "$T/ext.qcow2" "$M"; then
+    fresh=$(stat -c '%i %h %a %Y' "$M/boot")       # a LOOKUP: the mounted root
+    view_unmount "ext4: unmount" "$M"
+fi
+if view_mount "ext4: -m p1:/ -m p2:/boot again" -m p1:/ -m p2:/boot "$T/ext.qcow2" "$M"; then
+    ls -l "$M" >/dev/null                           # READDIRPLUS of / names boot first
+    listed=$(stat -c '%i %h %a %Y' "$M/boot")
+    [ "$listed" = "$fresh" ] && [ ! -e "$M/boot/only-in-p1" ] &&
+        ok "ext4: /boot listed in / has the mounted root's attributes, not p1's own /boot" ||
+        not_ok "ext4: /boot listed in / has the mounted root's attributes" \
+            "after listing: $listed, fresh lookup: $fresh"
     same_tree "ext4: /boot shows the second file system" "$T/src-boot" "$M/boot" \
         --mtime-res 1000000000 --mode --owner --ignore lost+found
     [ -f "$M/nested/level2/level3/deep.txt" ] && [ "$(cat "$M/hard-b")" = linked ] &&
@@ -419,6 +459,83 @@ if view_mount "fat: -m p1 -m p2:/fat16" -m p1 -m p2:/fat16 "$T/fat.qcow2" "$M"; 
     erofs "fat: opening a file for writing fails with EROFS" "$M/nested/one.txt"
     view_unmount "fat: unmount" "$M"
 fi
+
+# ============================================== fragmented files, by runs
+# Files whose data is plain blocks are read straight from the image by their
+# block runs (fsview-file.c), spliced into FUSE replies: files in ~100 pieces
+# (ext4 and FAT32 with every other small file deleted before they were
+# written) and a sparse file, read by O_DIRECT at random places and sizes.
+F=$T/frag
+mkdir -p "$F/small"
+for i in $(seq 1 200); do head -c 32768 /dev/urandom >"$F/small/f$i"; done
+head -c 5000000 /dev/urandom >"$F/frag.bin"
+truncate -s 9M "$F/sparse.bin"
+echo "in the middle" | dd of="$F/sparse.bin" bs=1 seek=4200000 conv=notrunc status=none
+head -c 300000 /dev/urandom | dd of="$F/sparse.bin" bs=4096 seek=1700 conv=notrunc status=none
+check "runs: mkfs.ext4 -d with 200 small files" mkfs.ext4 -q -F -b 4096 -d "$F/small" "$F/ext.img" 32M
+for i in $(seq 1 2 200); do echo "rm f$i"; done >"$F/cmds"
+echo "write $F/frag.bin frag.bin" >>"$F/cmds"
+echo "write $F/sparse.bin sparse.bin" >>"$F/cmds"
+debugfs -w -f "$F/cmds" "$F/ext.img" >/dev/null 2>&1
+n=$(debugfs -R "ex frag.bin" "$F/ext.img" 2>/dev/null | grep -c '^ *[0-9]')
+[ "$n" -ge 20 ] && ok "runs: ext4 frag.bin is in $n extents" || not_ok "runs: ext4 frag.bin is fragmented" "$n extents"
+check "runs: mkfs.fat -F 32" mkfs.fat -C -F 32 -n FRAG "$F/fat.img" 40000
+check "runs: mcopy the small files" mcopy -i "$F/fat.img" "$F"/small/f* ::
+for i in $(seq 1 2 200); do mdel -i "$F/fat.img" "::f$i"; done
+check "runs: mcopy frag.bin into the holes" mcopy -i "$F/fat.img" "$F/frag.bin" ::
+part_disk "$F/disk.raw" gpt "$F/ext.img" "$F/fat.img"
+check "runs: the disk converts to qcow2" qemu-img convert -O qcow2 "$F/disk.raw" "$F/disk.qcow2"
+rm -rf "$F/small" "$F/disk.raw" "$F/ext.img" "$F/fat.img"
+if view_mount "runs: -m p1 -m p2:/fat" -m p1 -m p2:/fat "$F/disk.qcow2" "$M"; then
+    spid=$(sed -n "s|^.* $M .* - fuse.vdisk vdisk:\([0-9]*\):.*|\1|p" /proc/self/mountinfo)
+    pipe_max=$(cat /proc/sys/fs/pipe-max-size 2>/dev/null || echo 0)
+    if [ "$pipe_max" -lt $(( (128 << 10) + 19 * 4096 )) ]; then
+        skip "runs: file reads are spliced" "/proc/sys/fs/pipe-max-size is $pipe_max: too small"
+    else
+        frag_read() { dd if="$M/frag.bin" of=/dev/null iflag=direct bs=1M count=2 skip=$((RANDOM % 3)) status=none; }
+        syscall_seen "runs: reads of a file's blocks are spliced from the image file" "$spid" splice frag_read
+    fi
+    if python3 - "$M" "$F" >"$T/.rr" 2>&1 <<'PY'
+import mmap, os, random, sys
+mnt, src = sys.argv[1], sys.argv[2]
+random.seed(7)
+buf = mmap.mmap(-1, 4 << 20)
+for name, want_name in (("frag.bin", "frag.bin"), ("sparse.bin", "sparse.bin"),
+                        ("fat/FRAG.BIN", "frag.bin"), ("fat/frag.bin", "frag.bin")):
+    path = os.path.join(mnt, name)
+    if not os.path.exists(path):
+        continue
+    want = open(os.path.join(src, want_name), "rb").read()
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+    size = os.fstat(fd).st_size
+    if size != len(want):
+        sys.exit(f"{name}: size {size}, want {len(want)}")
+    for _ in range(300):
+        n = random.choice([4096, 8192, 65536, 131072, 1 << 20, 3 << 20, 4 << 20])
+        off = random.randrange(0, size + 8192) // 4096 * 4096
+        got = os.preadv(fd, [memoryview(buf)[:n]], off)
+        exp = want[off:off + n]
+        if got != len(exp) or buf[:got] != exp:
+            sys.exit(f"{name}: {n} bytes at {off}: got {got} bytes, differ")
+    os.close(fd)
+    with open(path, "rb") as f:      # and through the page cache, odd places
+        for _ in range(200):
+            off, n = random.randrange(0, size), random.randrange(1, 300000)
+            f.seek(off)
+            if f.read(n) != want[off:off + n]:
+                sys.exit(f"{name}: buffered {n} bytes at {off} differ")
+    print(name, "ok")
+PY
+    then
+        [ "$(grep -c ' ok$' "$T/.rr")" -eq 3 ] &&
+            ok "runs: direct and buffered reads at random places equal the source (ext4 fragmented, ext4 sparse, FAT32 fragmented)" ||
+            not_ok "runs: all three files were read" "$(cat "$T/.rr")"
+    else
+        not_ok "runs: reads at random places equal the source" "$(cat "$T/.rr")"
+    fi
+    view_unmount "runs: unmount" "$M"
+fi
+rm -rf "$F"
 
 # ==================================================================== NTFS
 # Filled through ntfs-3g (root): no FIFOs, device nodes or symlinks (ntfs-3g
