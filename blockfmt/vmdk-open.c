@@ -19,6 +19,7 @@
  */
 #include "vmdk.h"
 
+#include <ctype.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -234,6 +235,50 @@ static int open_sparse_image(struct bf_image *img, struct vmdk *v)
     return 0;
 }
 
+/* VMware on Windows writes parentFileNameHint as a Windows path
+ * ("C:\VMs\base\base.vmdk", "..\base\base.vmdk"), which names nothing
+ * here.  Where a copied VM has that file: an absolute name (drive letter,
+ * UNC or rooted) as its last component beside the child, a relative one with
+ * its backslashes read as slashes.  NULL: @hint is no Windows path. */
+static char *hint_as_copied(const char *hint)
+{
+    bool drive = isalpha((unsigned char)hint[0]) && hint[1] == ':';
+    if (!drive && !strchr(hint, '\\'))
+        return NULL;
+    if (drive || hint[0] == '\\') {
+        const char *b = hint + strlen(hint);
+        while (b > hint && b[-1] != '\\' && b[-1] != '/' && b[-1] != ':')
+            b--;
+        return *b ? strdup(b) : NULL;
+    }
+    char *s = strdup(hint);
+    for (char *c = s; c && *c; c++)
+        if (*c == '\\')
+            *c = '/';
+    return s;
+}
+
+/* Open the parent named @hint; a Windows path not found as written is
+ * looked for where a copied VM keeps it (hint_as_copied). */
+static int open_parent_file(struct bf_image *img, const char *hint)
+{
+    int r = bf_open_backing(img, hint, NULL);
+    if (r != -ENOENT)
+        return r;
+    char *alt = hint_as_copied(hint);
+    if (!alt)
+        return r;
+    r = bf_open_backing(img, alt, NULL);
+    if (r == -ENOENT) {
+        char *at = bf_path_relative_to(img->filename, alt);
+        bf_err(img, r, "%s: the parent file '%s' (a Windows path) is neither there nor at %s",
+               img->filename, hint, at ? at : alt);
+        free(at);
+    }
+    free(alt);
+    return r;
+}
+
 /* Follow parentFileNameHint and check the parent's CID against ours. */
 static int open_parent(struct bf_image *img, const struct vmdk *v)
 {
@@ -247,7 +292,7 @@ static int open_parent(struct bf_image *img, const struct vmdk *v)
                           "unallocated parts cannot be read", img->filename, d->parent_cid);
         return 0;
     }
-    int r = bf_open_backing(img, d->parent_hint, NULL);
+    int r = open_parent_file(img, d->parent_hint);
     if (r < 0 || !img->backing || !check)
         return r;
     const struct bf_image *p = img->backing;

@@ -22,7 +22,7 @@ TEST_PKGS="$TEST_PKGS qemu-system-x86 linux-image-amd64 busybox-static cpio kmod
 # The filesystem-view tests (tests/test-mount-fs.sh, test-mount-list.sh): file
 # system makers and fillers, an ISO builder, and The Sleuth Kit's tools as oracle.
 TEST_PKGS="$TEST_PKGS ntfs-3g exfatprogs exfat-fuse xorriso sleuthkit"
-TEST_PKGS="$TEST_PKGS python3-libnbd fio fuse3 strace"
+TEST_PKGS="$TEST_PKGS python3-libnbd fio fuse3 strace nbd-client"
 # The benchmark (`make bench`, tests/bench/run; only with --bench): the peers it
 # compares against (qcowmount, vmdkmount, xmount, guestmount) and the plot.
 BENCH_PKGS="libqcow-utils libvmdk-utils xmount libguestfs-tools fio python3-matplotlib"

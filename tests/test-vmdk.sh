@@ -195,6 +195,26 @@ if make_vmdk base-dir/base 67108864 subformat=monolithicSparse 201 &&
         "$T/nb.raw"
     bf_cat_matches "delta disk without its parent (--no-backing)" "$T/nb.raw" --no-backing "$T/top.vmdk"
     rm -f "$T/nb.raw"
+    # The chain as VMware on Windows writes it and a user copies it here:
+    # parentFileNameHint a Windows path.  Absolute: the parent is looked for
+    # beside the child by its last component; relative: backslashes are
+    # separators.  The bytes are qemu's reading of the original chain.
+    mkdir -p "$T/win/sub"
+    cp -r "$T/mid.vmdk" "$T/base-dir" "$T/win/sub/"
+    cp "$T/mid.vmdk" "$T/win/"
+    cp -r "$T/base-dir" "$T/win/"
+    cp "$T"/top*.vmdk "$T/win/"
+    raw_of "$T/top.vmdk" "$T/top.raw"
+    for hint in 'C:\Users\me\Virtual Machines\mid.vmdk' '\\filer\vms\mid.vmdk' 'sub\mid.vmdk'; do
+        sed "s|^parentFileNameHint=.*|parentFileNameHint=\"${hint//\\/\\\\}\"|" "$T/top.vmdk" >"$T/win/top.vmdk"
+        bf_cat_matches "parentFileNameHint=\"$hint\" (a Windows path) finds the copied parent" \
+            "$T/top.raw" "$T/win/top.vmdk"
+    done
+    sed 's|^parentFileNameHint=.*|parentFileNameHint="D:\\VMs\\gone.vmdk"|' "$T/top.vmdk" >"$T/win/top.vmdk"
+    check_fails "a Windows parent found nowhere is refused, naming both places looked at" \
+        "parent file 'D:.VMs.gone.vmdk' \(a Windows path\) is neither there nor at $T/win/gone.vmdk" \
+        "$BFTEST" info "$T/win/top.vmdk"
+    rm -rf "$T/win" "$T/top.raw"
 else
     not_ok "qemu-img makes a three-deep delta chain"
 fi
