@@ -36,7 +36,8 @@ enum {
 };
 
 struct bf_open_opts {
-    const char *format;   /* NULL or "auto": probe the content; else "raw", "qcow2" */
+    const char *format;   /* NULL or "auto": probe the content; else "raw",
+                             "qcow2", "vmdk", "vpc" (VHD), "vhdx" */
     unsigned flags;       /* BF_OPEN_* */
     const char *snapshot; /* internal snapshot id or name (id tried first), NULL
                              for the current state; implies read-only */

@@ -127,7 +127,7 @@ static int open_file_image(struct bf_image *img, const char *format, unsigned fl
     if (format && *format && strcmp(format, "auto") != 0) {
         drv = bf_driver_by_name(format);
         if (!drv)
-            return bf_err(img, -ENOTSUP, "unknown image format '%s' (known: raw, qcow2, vmdk)", format);
+            return bf_err(img, -ENOTSUP, "unknown image format '%s' (known: raw, qcow2, vmdk, vpc, vhdx)", format);
     }
 
     /* a local file, or an NBD URI (source-nbd.c) */

@@ -186,6 +186,8 @@ int bf_pread_nolock(struct bf_image *img, void *buf, size_t len, uint64_t off);
 extern const struct bf_driver bf_driver_raw;
 extern const struct bf_driver bf_driver_qcow2;
 extern const struct bf_driver bf_driver_vmdk;
+extern const struct bf_driver bf_driver_vhdx;
+extern const struct bf_driver bf_driver_vpc;
 extern const struct bf_driver bf_driver_slice;
 extern const struct bf_driver bf_driver_overlay;
 

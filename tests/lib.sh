@@ -287,6 +287,29 @@ syscall_seen() {
         not_ok "$desc" "no $sc(2) seen in process $pid" "$(head -3 "$tr")"; fi
 }
 
+# ---- format tests (test-vmdk.sh, test-vhd.sh, test-vhdx.sh) ----
+
+# make_patterns SEED: $T/pat1 and $T/pat2, seeded data for qemu-io -s writes.
+make_patterns() { python3 "$VDISK_TOP/tests/qio_ops.py" patterns "$T" "$1"; }
+
+# gen_ops SEED SIZE COUNT UNIT ZERO [ALIGNED]: qemu-io write commands, one a
+# line, scattered over a SIZE-byte disk across UNIT-byte allocation units, a
+# fraction ZERO of them zeros (tests/qio_ops.py).
+gen_ops() {
+    python3 "$VDISK_TOP/tests/qio_ops.py" ops "$1" "$2" "$3" "$4" "$5" "${6:-0}" "$T/pat1" "$T/pat2"
+}
+
+# qio FMT IMG CMD...: run qemu-io commands (one per argument) on IMG, opened
+# as FMT (empty: qemu's probe); fails on any error qemu-io prints.
+qio() {
+    local fmt=$1 img=$2 args=() c
+    shift 2
+    [ -n "$fmt" ] && args=(-f "$fmt")
+    for c in "$@"; do args+=(-c "$c"); done
+    qemu-io "${args[@]}" "$img" >"$T/.qio" 2>&1 || { cat "$T/.qio" >&2; return 1; }
+    if grep -qiE 'error|fail' "$T/.qio"; then cat "$T/.qio" >&2; return 1; fi
+}
+
 # ---- qcow2 write tests (tests/test-qcow2-write-model.sh, -crash.sh, -locking.sh) ----
 
 # require_nbd_python: sets NBD_PYTHON to a python3 that can `import nbd`

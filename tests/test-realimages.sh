@@ -169,9 +169,8 @@ while IFS=$'\x1f' read -r -u 3 image stored fmt vsize sha _ptable _parts qemu cr
             "$BFTEST" -f qcow2 cat "$p" "$T/out"
         ;;
     qemu-iotests/afl5.img | qemu-iotests/afl9.vmdk)
-        # Fuzzed VHD (afl5) and VMDK (afl9).  Today they are refused because
-        # probe.c knows these formats but no driver reads them; once a VHD or
-        # VMDK driver lands, that driver must refuse them (any message).
+        # Fuzzed VHD (afl5) and VMDK (afl9): their drivers must refuse them
+        # (any message), as qemu does.
         check_fails "$image: fuzzed image refused with a message" "." "$BFTEST" cat "$p" "$T/out"
         ;;
     *)

@@ -11,58 +11,14 @@
 . "$(dirname "$0")/lib.sh"
 require qemu-img qemu-io python3 cmp dd
 
-python3 - "$T" <<'EOF'
-import random, sys
-r = random.Random(20240602)
-d = sys.argv[1]
-open(f"{d}/pat1", "wb").write(r.randbytes(4093))
-open(f"{d}/pat2", "wb").write(bytes((i * 13 + i // 241) & 0xff for i in range(65521)))
-EOF
+make_patterns 20240602
 
-# gen_ops SEED SIZE COUNT ZERO: qemu-io commands, one a line: writes of
-# seeded data at scattered offsets and lengths (unaligned, crossing grains
-# and grain tables); with ZERO=1 also write -z, aligned or not.
-gen_ops() {
-    python3 - "$@" "$T/pat1" "$T/pat2" <<'EOF'
-import random, sys
-seed, size, count, zero = (int(a) for a in sys.argv[1:5])
-pats = sys.argv[5:]
-r = random.Random(seed)
-g = 65536
-for _ in range(count):
-    k = r.random()
-    ln = r.choice([r.randint(1, 700), r.randint(1, 3 * g), r.randint(g, 9 * g)])
-    ln = min(ln, size)
-    off = r.randint(0, size - ln)
-    if zero and k < 0.25:
-        if k < 0.12:
-            a = off // g * g
-            print(f"write -q -z {a} {min(size - a, (ln // g + 1) * g)}")
-        else:
-            print(f"write -q -z {off} {ln}")
-    elif k < 0.6:
-        print(f"write -q -s {r.choice(pats)} {off} {ln}")
-    else:
-        print(f"write -q -P {r.randint(1, 255)} {off} {ln}")
-# the first and the last bytes of the disk
-print(f"write -q -P 0x5a 0 {min(size, 1000)}")
-print(f"write -q -P 0xa5 {size - min(size, 1536)} {min(size, 1536)}")
-EOF
-}
-
-# qio IMG CMD...: run qemu-io commands (one per argument) on IMG.
-qio() {
-    local img=$1; shift
-    local args=() c
-    for c in "$@"; do args+=(-c "$c"); done
-    qemu-io "${args[@]}" "$img" >"$T/.qio" 2>&1 || { cat "$T/.qio" >&2; return 1; }
-    if grep -qiE 'error|fail' "$T/.qio"; then cat "$T/.qio" >&2; return 1; fi
-}
-
+# qio_ops IMG SEED SIZE COUNT [ZERO]: seeded writes across grains and grain
+# tables; with ZERO=1 also write -z, aligned or not.
 qio_ops() {
     local img=$1 ops
-    mapfile -t ops < <(gen_ops "$2" "$3" "$4" "${5:-0}")
-    qio "$img" "${ops[@]}"
+    mapfile -t ops < <(gen_ops "$2" "$3" "$4" 65536 "$([ "${5:-0}" = 1 ] && echo 0.25 || echo 0)" 1)
+    qio "" "$img" "${ops[@]}"
 }
 
 # make_vmdk NAME SIZE OPTIONS SEED [ZERO]: create $T/NAME.vmdk and fill it.
@@ -157,7 +113,7 @@ for sub in twoGbMaxExtentSparse twoGbMaxExtentFlat; do
     qemu-img create -q -f vmdk -o subformat=$sub "$img" $size || { not_ok "$sub: create 5 GiB"; continue; }
     n_ext=$(grep -c '^RW ' "$img")
     [ "$n_ext" -eq 3 ] && ok "$sub: 5 GiB is three extents" || not_ok "$sub: 5 GiB is three extents" "$(cat "$img")"
-    if ! qio "$img" "write -q -s $T/pat1 0 70000" \
+    if ! qio "" "$img" "write -q -s $T/pat1 0 70000" \
             "write -q -s $T/pat2 $((2 * G - 98304)) 200000" \
             "write -q -P 0x77 $((2 * G - 512)) 1024" \
             "write -q -s $T/pat1 $((4 * G - 1000)) 5000" \
