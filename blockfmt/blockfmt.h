@@ -37,7 +37,7 @@ enum {
 
 struct bf_open_opts {
     const char *format;   /* NULL or "auto": probe the content; else "raw",
-                             "qcow2", "vmdk", "vpc" (VHD), "vhdx" */
+                             "qcow2", "vmdk", "vpc" (VHD), "vhdx", "vdi" */
     unsigned flags;       /* BF_OPEN_* */
     const char *snapshot; /* internal snapshot id or name (id tried first), NULL
                              for the current state; implies read-only */

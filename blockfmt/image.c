@@ -9,6 +9,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 /* -------------------------------------------------------------- messages */
 
@@ -127,7 +128,7 @@ static int open_file_image(struct bf_image *img, const char *format, unsigned fl
     if (format && *format && strcmp(format, "auto") != 0) {
         drv = bf_driver_by_name(format);
         if (!drv)
-            return bf_err(img, -ENOTSUP, "unknown image format '%s' (known: raw, qcow2, vmdk, vpc, vhdx)", format);
+            return bf_err(img, -ENOTSUP, "unknown image format '%s' (known: raw, qcow2, vmdk, vpc, vhdx, vdi)", format);
     }
 
     /* a local file, or an NBD URI (source-nbd.c) */
@@ -286,7 +287,7 @@ int bf_open_backing(struct bf_image *img, const char *name, const char *fmt)
     int r = open_file_image(b, fmt, img->open_flags & ~BF_OPEN_RDWR, NULL);
     if (r < 0) {
         char prefix[BF_ERRMSG_MAX];
-        if (r == -ENOENT && strcmp(path, name) != 0)
+        if (r == -ENOENT && strcmp(path, name) != 0 && access(path, F_OK) != 0)
             snprintf(prefix, sizeof prefix, "%s: backing file '%s' (looked for at %s): ",
                      img->filename, name, path);
         else

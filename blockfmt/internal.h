@@ -188,6 +188,7 @@ extern const struct bf_driver bf_driver_qcow2;
 extern const struct bf_driver bf_driver_vmdk;
 extern const struct bf_driver bf_driver_vhdx;
 extern const struct bf_driver bf_driver_vpc;
+extern const struct bf_driver bf_driver_vdi;
 extern const struct bf_driver bf_driver_slice;
 extern const struct bf_driver bf_driver_overlay;
 

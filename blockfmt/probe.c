@@ -1,6 +1,6 @@
 /* probe.c — which driver reads an image: by name, or by content (never by
  * file name).  Formats we recognise but cannot read yet are refused by name,
- * so that a VDI is not silently shown as raw bytes; raw is the fallback for
+ * so that a QED image is not silently shown as raw bytes; raw is the fallback for
  * everything else.
  *
  * Thread model: pure functions over a buffer.
@@ -15,6 +15,7 @@ static const struct bf_driver *const drivers[] = {
     &bf_driver_vmdk,
     &bf_driver_vhdx,
     &bf_driver_vpc,
+    &bf_driver_vdi,
     &bf_driver_raw,
 };
 
@@ -28,7 +29,6 @@ struct foreign {
 
 static const struct foreign foreign[] = {
     { "qcow (version 1)", 0, "QFI\xfb\0\0\0\1", 8 },
-    { "vdi", 0x40, "\x7f\x10\xda\xbe", 4 },
     { "qed", 0, "QED\0", 4 },
     { "parallels", 0, "WithoutFreeSpace", 16 },
     { "parallels", 0, "WithouFreSpacExt", 16 },

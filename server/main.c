@@ -30,7 +30,7 @@ static void usage(FILE *f)
 {
     fprintf(f,
 "Usage: vdisk-nbd [OPTIONS] IMAGE\n"
-"Serve a disk image (raw, qcow2, vmdk, vhd, vhdx, or an NBD URI) over the NBD protocol.\n"
+"Serve a disk image (raw, qcow2, vmdk, vhd, vhdx, vdi, or an NBD URI) over the NBD protocol.\n"
 "\n"
 "Where to listen (default: TCP port 10809 on all addresses):\n"
 "  -p, --port PORT            TCP port (default 10809)\n"
@@ -39,8 +39,8 @@ static void usage(FILE *f)
 "      (started by systemd socket activation, the sockets it passes are used)\n"
 "\n"
 "What to serve:\n"
-"  -f, --format FMT           image format: raw, qcow2, vmdk, vpc, vhdx (default:\n"
-"                             detect; a fixed VHD needs -f vpc)\n"
+"  -f, --format FMT           image format: raw, qcow2, vmdk, vpc, vhdx, vdi\n"
+"                             (default: detect; a fixed VHD needs -f vpc)\n"
 "  -r, --read-only            export read-only (the default for NBD URIs)\n"
 "      --rw                   an image given by NBD URI: serve it writable (the\n"
 "                             remote export must allow writes)\n"

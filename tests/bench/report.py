@@ -173,7 +173,7 @@ def table(results):
     # CPU efficiency: less disturbed by other work than wall-clock throughput.
     lines.append("")
     lines.append("Server CPU per unit of work (medians; peer/ours = the speed-up ours would show if both were CPU-bound on the same cores):")
-    lines.append("%-34s %-11s %12s %12s %10s" % ("test", "peer", "ours", "peer", "peer/ours"))
+    lines.append("%-34s %-11s %12s %12s %10s" % ("test", "vs", "ours", "peer", "peer/ours"))
     for r in results["rows"]:
         if r["group"] in ("nbd-seq", "fuse-seq"):
             key, unit = ("server_cpu_s" if r["group"] == "nbd-seq" else "daemon_cpu_s"), "s/GiB"
