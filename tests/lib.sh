@@ -341,3 +341,124 @@ stop_pid() {
     wait "$1" 2>/dev/null
     return 0
 }
+
+# ---- a read-only format driver against qemu (test-vhd.sh, test-vdi.sh) ----
+
+# img_qsize FMT IMG: the virtual size qemu gives IMG read as FMT (empty if
+# qemu cannot open it).
+img_qsize() {
+    qemu-img info -f "$1" --output=json "$2" 2>/dev/null |
+        sed -n 's/^ *"virtual-size": \([0-9]*\),*$/\1/p'
+}
+
+# img_size_matches FMT DESC IMG: bftest and qemu give IMG the same size.
+img_size_matches() {
+    local fmt=$1 desc=$2 img=$3 want got
+    want=$(img_qsize "$fmt" "$img")
+    got=$("$BFTEST" -f "$fmt" info "$img" 2>/dev/null | sed -n 's/^size: //p')
+    if [ -n "$want" ] && [ "$want" = "$got" ]; then
+        ok "$desc: virtual size $want, as qemu's"
+    else
+        not_ok "$desc: virtual size as qemu's" "qemu: ${want:-cannot open}, bftest: ${got:-cannot open}" \
+            "$("$BFTEST" -f "$fmt" info "$img" 2>&1 | tail -n 3)"
+    fi
+}
+
+# img_matches FMT DESC IMG: read as FMT, IMG has qemu's virtual size, bytes
+# (whole, and from 4 threads in random pieces) and allocation map.
+_img_seed=0
+img_matches() {
+    local fmt=$1 desc=$2 img=$3
+    _img_seed=$((_img_seed + 1))
+    if ! qemu-img convert -f "$fmt" -O raw "$img" "$T/.oracle.raw" 2>"$T/.err" ||
+       ! qemu-img map -f "$fmt" --output=json "$img" >"$T/.oracle.json" 2>>"$T/.err"; then
+        not_ok "$desc: qemu reads the image" "$(tail -n 5 "$T/.err")"
+        return 0
+    fi
+    img_size_matches "$fmt" "$desc" "$img"
+    bf_cat_matches "$desc: bytes" "$T/.oracle.raw" -f "$fmt" "$img"
+    bf_cat_matches "$desc: bytes, 4 threads, random pieces (seed $_img_seed)" "$T/.oracle.raw" \
+        -f "$fmt" --threads 4 --chunk 0 --seed "$_img_seed" "$img"
+    if [ -s "$T/.oracle.raw" ]; then
+        bf_map_matches "$desc: map" "$T/.oracle.json" -f "$fmt" "$img"
+    else
+        # qemu lists one entry of length 0 for an empty disk; we list none
+        [ "$("$BFTEST" -f "$fmt" map "$img" 2>&1)" = "[]" ] && ok "$desc: map is empty" ||
+            not_ok "$desc: map is empty" "$("$BFTEST" -f "$fmt" map "$img" 2>&1 | head -n 3)"
+    fi
+    rm -f "$T/.oracle.raw"
+}
+
+# img_windows_match FMT NAME IMG OFF:LEN...: the bytes of each window of a
+# disk too large to convert whole are qemu's.
+img_windows_match() {
+    local fmt=$1 name=$2 img=$3 w; shift 3
+    for w in "$@"; do
+        if ! qemu-img convert -O raw --image-opts \
+            "driver=raw,offset=${w%%:*},size=${w##*:},file.driver=$fmt,file.file.filename=$img" \
+            "$T/.win.raw" 2>"$T/.err"; then
+            not_ok "$name: qemu reads window $w" "$(cat "$T/.err")"
+            continue
+        fi
+        "$BFTEST" -f "$fmt" read "$img" "${w%%:*}" "${w##*:}" >"$T/.win" 2>"$T/.err" &&
+            ! _sanitizer_report "$T/.err" && cmp -s "$T/.win.raw" "$T/.win" &&
+            ok "$name: bytes at $w as qemu's" ||
+            not_ok "$name: bytes at $w as qemu's" "$(tail -n 3 "$T/.err")" \
+                "$(cmp "$T/.win.raw" "$T/.win" 2>&1 | head -n 2)"
+    done
+    rm -f "$T/.win.raw" "$T/.win"
+}
+
+# img_bad FMT GOOD DESC REGEX SETUP: copy GOOD to $B, run SETUP (a string,
+# evaluated, that damages $B); bftest -f FMT info and cat must both fail
+# with a message matching REGEX.
+img_bad() {
+    local fmt=$1 good=$2 desc=$3 re=$4; shift 4
+    B=$T/.bad.$fmt
+    cp "$good" "$B"
+    eval "$*"
+    check_fails "$desc (open)" "$re" "$BFTEST" -f "$fmt" info "$B"
+    check_fails "$desc (read)" "$re" "$BFTEST" -f "$fmt" cat "$B" "$T/.bad.out"
+    rm -f "$B" "$T/.bad.out"
+}
+
+# img_fuzz FMT GOOD COUNT FUZZ-CMD...: COUNT times, copy GOOD and damage the
+# copy with `FUZZ-CMD... COPY SEED` (seeds 1..COUNT); bftest info, map and
+# cat must exit 0 or 1 without a sanitizer report (1 with a message), and
+# where both it and qemu read the copy, they read the same bytes.
+img_fuzz() {
+    local fmt=$1 good=$2 count=$3 s rc cmd; shift 3
+    local crashes=() differ=() nread=0 nrefused=0 nqemu=0 f=$T/.fz.$fmt
+    for s in $(seq 1 "$count"); do
+        cp "$good" "$f"
+        "$@" "$f" "$s"
+        for cmd in info map; do
+            rc=0
+            timeout 60 "$BFTEST" -f "$fmt" $cmd "$f" >/dev/null 2>"$T/.err" || rc=$?
+            if [ $rc -gt 1 ] || _sanitizer_report "$T/.err"; then
+                crashes+=("seed $s $cmd: exit $rc $(tail -n 3 "$T/.err")")
+            fi
+        done
+        rc=0
+        timeout 60 "$BFTEST" -f "$fmt" cat "$f" "$f.ours" 2>"$T/.err" || rc=$?
+        if [ $rc -gt 1 ] || _sanitizer_report "$T/.err"; then
+            crashes+=("seed $s cat: exit $rc $(tail -n 3 "$T/.err")")
+        elif [ $rc -eq 1 ]; then
+            [ -s "$T/.err" ] || crashes+=("seed $s cat: refused without a message")
+            nrefused=$((nrefused + 1))
+        else
+            nread=$((nread + 1))
+            if timeout 60 qemu-img convert -f "$fmt" -O raw "$f" "$f.qemu" 2>/dev/null; then
+                nqemu=$((nqemu + 1))
+                cmp -s "$f.qemu" "$f.ours" ||
+                    differ+=("seed $s: $(cmp "$f.qemu" "$f.ours" 2>&1 | head -n 1)")
+            fi
+        fi
+        rm -f "$f" "$f.ours" "$f.qemu"
+    done
+    diag "fuzzing: $nread of $count images read ($nqemu of them also by qemu), $nrefused refused"
+    [ ${#crashes[@]} -eq 0 ] && ok "$count fuzzed images: each refused with a message or read, never a crash" ||
+        not_ok "$count fuzzed images: each refused with a message or read, never a crash" "${crashes[@]}"
+    [ ${#differ[@]} -eq 0 ] && ok "fuzzed images both qemu and bftest read have the same bytes" ||
+        not_ok "fuzzed images both qemu and bftest read have the same bytes" "${differ[@]}"
+}

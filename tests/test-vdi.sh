@@ -27,39 +27,9 @@ make_vdi() {
     qio vdi "$T/$name.vdi" "${ops[@]}"
 }
 
-# qsize IMG: the virtual size qemu gives IMG (empty if it cannot open it).
-qsize() {
-    qemu-img info -f vdi --output=json "$1" 2>/dev/null |
-        sed -n 's/^ *"virtual-size": \([0-9]*\),*$/\1/p'
-}
-
-# vdi_matches DESC IMG: IMG has qemu's virtual size, bytes (whole, and from
-# 4 threads in random pieces) and allocation map.
-_seed=0
-vdi_matches() {
-    local desc=$1 img=$2 want got
-    _seed=$((_seed + 1))
-    if ! qemu-img convert -f vdi -O raw "$img" "$T/.oracle.raw" 2>"$T/.err" ||
-       ! qemu-img map -f vdi --output=json "$img" >"$T/.oracle.json" 2>>"$T/.err"; then
-        not_ok "$desc: qemu reads the image" "$(tail -n 5 "$T/.err")"
-        return 0
-    fi
-    want=$(qsize "$img")
-    got=$("$BFTEST" info "$img" 2>/dev/null | sed -n 's/^size: //p')
-    [ -n "$want" ] && [ "$want" = "$got" ] && ok "$desc: virtual size $want, as qemu's" ||
-        not_ok "$desc: virtual size as qemu's" "qemu: $want, bftest: ${got:-cannot open}" \
-            "$("$BFTEST" info "$img" 2>&1 | tail -n 3)"
-    bf_cat_matches "$desc: bytes" "$T/.oracle.raw" "$img"
-    bf_cat_matches "$desc: bytes, 4 threads, random pieces (seed $_seed)" "$T/.oracle.raw" \
-        --threads 4 --chunk 0 --seed "$_seed" "$img"
-    if [ -s "$T/.oracle.raw" ]; then
-        bf_map_matches "$desc: map" "$T/.oracle.json" "$img"
-    else
-        [ "$("$BFTEST" map "$img" 2>&1)" = "[]" ] && ok "$desc: map is empty" ||
-            not_ok "$desc: map is empty" "$("$BFTEST" map "$img" 2>&1 | head -n 3)"
-    fi
-    rm -f "$T/.oracle.raw"
-}
+# against qemu (lib.sh)
+qsize() { img_qsize vdi "$1"; }
+vdi_matches() { img_matches vdi "$@"; }
 
 # ------------------------------------------ qemu-img's images, many sizes
 
@@ -81,15 +51,22 @@ static-16m   16777216 static=on 15
 static-odd   5000000  static=on 8
 EOF
 
+# info_says DESC IMG LINE...: `bftest info IMG` (format detected) prints
+# every LINE whole.
+info_says() {
+    local desc=$1 img=$2 line; shift 2
+    "$BFTEST" info "$img" >"$T/.out" 2>&1
+    for line in "$@"; do
+        grep -qxF -- "$line" "$T/.out" || { not_ok "$desc" "no line '$line' in:" "$(cat "$T/.out")"; return 0; }
+    done
+    ok "$desc"
+}
+
 # what each is detected as, and what info says
-"$BFTEST" info "$T/dyn-64m.vdi" >"$T/.out" 2>&1
-grep -q '^format: vdi$' "$T/.out" && grep -q '^cluster_size: 1048576$' "$T/.out" &&
-    grep -q '^version: 1.1, normal (dynamic)$' "$T/.out" &&
-    ok "a dynamic VDI is detected as vdi; info gives its version, type and block size" ||
-    not_ok "a dynamic VDI is detected as vdi; info gives its version, type and block size" "$(cat "$T/.out")"
-"$BFTEST" info "$T/static-16m.vdi" >"$T/.out" 2>&1
-grep -q '^format: vdi$' "$T/.out" && grep -q '^version: 1.1, fixed$' "$T/.out" &&
-    ok "a static VDI is detected as vdi, type fixed" || not_ok "a static VDI is detected as vdi, type fixed" "$(cat "$T/.out")"
+info_says "a dynamic VDI is detected as vdi; info gives its version, type and block size" \
+    "$T/dyn-64m.vdi" "format: vdi" "cluster_size: 1048576" "version: 1.1, normal (dynamic)"
+info_says "a static VDI is detected as vdi, type fixed" "$T/static-16m.vdi" "format: vdi" \
+    "version: 1.1, fixed"
 check_fails "VDI images cannot be opened for writing" "cannot be written|read-only" \
     "$BFTEST" --rw info "$T/dyn-64m.vdi"
 check_fails "VDI images have no internal snapshots" "no internal snapshots" \
@@ -128,19 +105,11 @@ for v in "big5:5368709120" "big1t:1099511627776"; do
         not_ok "$name: qemu-img/qemu-io make a sparse $size-byte disk"
         continue
     fi
-    for w in 0:131072 $((4 * GiB - 2 * MB)):$((4 * MB)) $((3 * GiB)):$((4 * MB)) \
-             $((size - 3 * MB)):$((3 * MB)); do
-        qemu-img convert -O raw --image-opts \
-            "driver=raw,offset=${w%%:*},size=${w##*:},file.driver=vdi,file.file.filename=$img" \
-            "$T/win.raw" 2>"$T/.err" || { not_ok "$name: qemu reads window $w" "$(cat "$T/.err")"; continue; }
-        "$BFTEST" read "$img" "${w%%:*}" "${w##*:}" >"$T/.win" 2>"$T/.err" &&
-            ! _sanitizer_report "$T/.err" && cmp -s "$T/win.raw" "$T/.win" &&
-            ok "$name: bytes at $w as qemu's" ||
-            not_ok "$name: bytes at $w as qemu's" "$(tail -n 3 "$T/.err")" "$(cmp "$T/win.raw" "$T/.win" 2>&1 | head -n 2)"
-    done
+    img_windows_match vdi "$name" "$img" 0:131072 $((4 * GiB - 2 * MB)):$((4 * MB)) \
+        $((3 * GiB)):$((4 * MB)) $((size - 3 * MB)):$((3 * MB))
     qemu-img map -f vdi --output=json "$img" >"$T/big.json"
     bf_map_matches "$name: map" "$T/big.json" "$img"
-    rm -f "$img" "$T/win.raw" "$T/big.json"
+    rm -f "$img" "$T/big.json"
 done
 
 # ------------------------------------------------------- damaged images
@@ -148,16 +117,9 @@ done
 make_vdi good 16777216 "" 900 10
 good=$T/good.vdi
 eval "$($POKE info "$good")"
-# bad DESC REGEX SETUP: copy the good image to $B, run SETUP, then bftest
-# info and cat must both fail with a message matching REGEX.
-bad() {
-    local desc=$1 re=$2; shift 2
-    B=$T/bad.vdi
-    cp "$good" "$B"
-    eval "$*"
-    check_fails "$desc (open)" "$re" "$BFTEST" -f vdi info "$B"
-    check_fails "$desc (read)" "$re" "$BFTEST" -f vdi cat "$B" "$T/out"
-}
+# bad DESC REGEX SETUP: the good image damaged by SETUP (with $B the copy)
+# is refused on open and on read (lib.sh img_bad).
+bad() { img_bad vdi "$good" "$@"; }
 bad "signature damaged (named vdi)" "not a VDI image" '$POKE set $B signature 0xbeda107e'
 bad "version 1.0" "VDI version 1.0 is not supported" '$POKE set $B version 0x00010000'
 bad "version 2.1" "VDI version 2.1 is not supported" '$POKE set $B version 0x00020001'
@@ -233,15 +195,10 @@ if snap "$S1" "$good" 31 && snap "$S2" "$S1" 32; then
     bf_cat_matches "a snapshot of a snapshot: a chain of three" "$T/s2.want" "$S2"
     bf_cat_matches "a chain of three, 4 threads, random pieces" "$T/s2.want" \
         --threads 4 --chunk 0 --seed 7 "$S2"
-    "$BFTEST" info "$S2" >"$T/.out" 2>&1
-    grep -q '^version: 1.1, differencing$' "$T/.out" && grep -q '^backing_file: s1.vdi$' "$T/.out" &&
-        grep -q '^backing_format: vdi$' "$T/.out" &&
-        ok "info of a snapshot image names its parent (found beside it)" ||
-        not_ok "info of a snapshot image names its parent (found beside it)" "$(cat "$T/.out")"
-    "$BFTEST" info "$S1" >"$T/.out" 2>&1
-    grep -q '^backing_file: ../base.vdi$' "$T/.out" &&
-        ok "info of the first snapshot names the base disk in the folder above" ||
-        not_ok "info of the first snapshot names the base disk in the folder above" "$(cat "$T/.out")"
+    info_says "info of a snapshot image names its parent (found beside it)" "$S2" \
+        "version: 1.1, differencing" "backing_file: s1.vdi" "backing_format: vdi"
+    info_says "info of the first snapshot names the base disk in the folder above" "$S1" \
+        "backing_file: ../base.vdi"
     $POKE compose "$S2" "$S2.alone.raw" /dev/null "$T/s2.alone.want"
     bf_cat_matches "--no-backing: free blocks of a snapshot read as zeros" "$T/s2.alone.want" \
         --no-backing "$S2"
@@ -270,38 +227,7 @@ fi
 # Seeded damage to the header, the block map and the file's length: bftest
 # must exit 0 or 1 without a sanitizer report, and where both it and qemu
 # read the image, read the same bytes.
-crashes=() differ=() nread=0 nrefused=0 nqemu=0
-for s in $(seq 1 40); do
-    cp "$good" "$T/fz.vdi"
-    $POKE fuzz "$T/fz.vdi" "$s"
-    for cmd in info map; do
-        rc=0
-        "$BFTEST" -f vdi $cmd "$T/fz.vdi" >/dev/null 2>"$T/.err" || rc=$?
-        if [ $rc -gt 1 ] || _sanitizer_report "$T/.err"; then
-            crashes+=("seed $s $cmd: exit $rc $(tail -n 3 "$T/.err")")
-        fi
-    done
-    rc=0
-    timeout 60 "$BFTEST" -f vdi cat "$T/fz.vdi" "$T/fz.ours" 2>"$T/.err" || rc=$?
-    if [ $rc -gt 1 ] || _sanitizer_report "$T/.err"; then
-        crashes+=("seed $s cat: exit $rc $(tail -n 3 "$T/.err")")
-    elif [ $rc -eq 1 ]; then
-        [ -s "$T/.err" ] || crashes+=("seed $s cat: refused without a message")
-        nrefused=$((nrefused + 1))
-    else
-        nread=$((nread + 1))
-        if timeout 60 qemu-img convert -f vdi -O raw "$T/fz.vdi" "$T/fz.qemu" 2>/dev/null; then
-            nqemu=$((nqemu + 1))
-            cmp -s "$T/fz.qemu" "$T/fz.ours" || differ+=("seed $s: $(cmp "$T/fz.qemu" "$T/fz.ours" 2>&1 | head -n 1)")
-        fi
-    fi
-    rm -f "$T/fz.vdi" "$T/fz.ours" "$T/fz.qemu"
-done
-diag "fuzzing: $nread of 40 images read ($nqemu of them also by qemu), $nrefused refused"
-[ ${#crashes[@]} -eq 0 ] && ok "40 fuzzed images: each refused with a message or read, never a crash" ||
-    not_ok "40 fuzzed images: each refused with a message or read, never a crash" "${crashes[@]}"
-[ ${#differ[@]} -eq 0 ] && ok "fuzzed images both qemu and bftest read have the same bytes" ||
-    not_ok "fuzzed images both qemu and bftest read have the same bytes" "${differ[@]}"
+img_fuzz vdi "$good" 40 $POKE fuzz
 
 # ------------------------------------------------ served by vdisk-nbd
 

@@ -30,52 +30,10 @@ make_vhd() {
     qio vpc "$T/$name.vhd" "${ops[@]}"
 }
 
-# qsize IMG: the virtual size qemu gives IMG read as vpc (empty if it cannot).
-qsize() {
-    qemu-img info -f vpc --output=json "$1" 2>/dev/null |
-        sed -n 's/^ *"virtual-size": \([0-9]*\),*$/\1/p'
-}
-
-# bsize IMG: the virtual size bftest gives IMG read as vpc.
-bsize() { "$BFTEST" -f vpc info "$1" 2>/dev/null | sed -n 's/^size: //p'; }
-
-# size_matches DESC IMG: bftest and qemu give IMG the same virtual size.
-size_matches() {
-    local want got
-    want=$(qsize "$2")
-    got=$(bsize "$2")
-    if [ -n "$want" ] && [ "$want" = "$got" ]; then
-        ok "$1: virtual size $want, as qemu's"
-    else
-        not_ok "$1: virtual size as qemu's" "qemu: ${want:-cannot open}, bftest: ${got:-cannot open}" \
-            "$("$BFTEST" -f vpc info "$2" 2>&1 | tail -n 3)"
-    fi
-}
-
-# vpc_matches DESC IMG: read as vpc (-f vpc), IMG has qemu's virtual size,
-# bytes (whole, and from 4 threads in random pieces) and allocation map.
-_seed=0
-vpc_matches() {
-    local desc=$1 img=$2
-    _seed=$((_seed + 1))
-    if ! qemu-img convert -f vpc -O raw "$img" "$T/.oracle.raw" 2>"$T/.err" ||
-       ! qemu-img map -f vpc --output=json "$img" >"$T/.oracle.json" 2>>"$T/.err"; then
-        not_ok "$desc: qemu reads the image" "$(tail -n 5 "$T/.err")"
-        return 0
-    fi
-    size_matches "$desc" "$img"
-    bf_cat_matches "$desc: bytes" "$T/.oracle.raw" -f vpc "$img"
-    bf_cat_matches "$desc: bytes, 4 threads, random pieces (seed $_seed)" "$T/.oracle.raw" \
-        -f vpc --threads 4 --chunk 0 --seed "$_seed" "$img"
-    if [ -s "$T/.oracle.raw" ]; then
-        bf_map_matches "$desc: map" "$T/.oracle.json" -f vpc "$img"
-    else
-        # qemu lists one entry of length 0 for an empty disk; we list none
-        [ "$("$BFTEST" -f vpc map "$img" 2>&1)" = "[]" ] && ok "$desc: map is empty" ||
-            not_ok "$desc: map is empty" "$("$BFTEST" -f vpc map "$img" 2>&1 | head -n 3)"
-    fi
-    rm -f "$T/.oracle.raw"
-}
+# read as vpc (named: a fixed VHD probes as raw), against qemu (lib.sh)
+qsize() { img_qsize vpc "$1"; }
+size_matches() { img_size_matches vpc "$@"; }
+vpc_matches() { img_matches vpc "$@"; }
 
 # ------------------------------------------ qemu-img's images, many sizes
 
@@ -193,19 +151,11 @@ for v in "big5:5368709120:subformat=dynamic" "big1t:1099511627776:subformat=dyna
     fi
     size_matches "$name ($opts)" "$img"
     # the oracle's windows, not the whole disk
-    for w in 0:131072 $((4 * GiB - 2 * MB)):$((4 * MB)) $((3 * GiB)):$((4 * MB)) \
-             $((vsize - 3 * MB)):$((3 * MB)); do
-        qemu-img convert -O raw --image-opts \
-            "driver=raw,offset=${w%%:*},size=${w##*:},file.driver=vpc,file.file.filename=$img" \
-            "$T/win.raw" 2>"$T/.err" || { not_ok "$name: qemu reads window $w" "$(cat "$T/.err")"; continue; }
-        "$BFTEST" read "$img" "${w%%:*}" "${w##*:}" >"$T/.win" 2>"$T/.err" &&
-            ! _sanitizer_report "$T/.err" && cmp -s "$T/win.raw" "$T/.win" &&
-            ok "$name: bytes at $w as qemu's" ||
-            not_ok "$name: bytes at $w as qemu's" "$(tail -n 3 "$T/.err")" "$(cmp "$T/win.raw" "$T/.win" 2>&1 | head -n 2)"
-    done
+    img_windows_match vpc "$name" "$img" 0:131072 $((4 * GiB - 2 * MB)):$((4 * MB)) \
+        $((3 * GiB)):$((4 * MB)) $((vsize - 3 * MB)):$((3 * MB))
     qemu-img map -f vpc --output=json "$img" >"$T/big.json"
     bf_map_matches "$name: map" "$T/big.json" "$img"
-    rm -f "$img" "$T/win.raw" "$T/big.json"
+    rm -f "$img" "$T/big.json"
 done
 
 # ------------------------------------------------------- damaged images
@@ -217,17 +167,9 @@ qemu-img create -q -f vpc -o subformat=fixed "$T/fgood.vhd" 4M
 qio vpc "$T/fgood.vhd" "write -q -P 0x11 0 4096"
 fgood=$T/fgood.vhd
 
-# bad DESC REGEX IMAGE-SETUP...: copy the good dynamic image to $T/bad.vhd,
-# run the setup commands (with $B the copy), then bftest -f vpc info and cat
-# must both fail with a message matching REGEX.
-bad() {
-    local desc=$1 re=$2; shift 2
-    B=$T/bad.vhd
-    cp "$good" "$B"
-    eval "$*"
-    check_fails "$desc (open)" "$re" "$BFTEST" -f vpc info "$B"
-    check_fails "$desc (read)" "$re" "$BFTEST" -f vpc cat "$B" "$T/out"
-}
+# bad DESC REGEX SETUP: the good dynamic image damaged by SETUP (with $B
+# the copy) is refused on open and on read (lib.sh img_bad).
+bad() { img_bad vpc "$good" "$@"; }
 fbad() {
     local desc=$1 re=$2; shift 2
     B=$T/bad.vhd
@@ -302,38 +244,7 @@ rm -f "$T/bad.vhd" "$T/fgood.vhd"
 # Seeded damage to the footers, the header, the BAT and the file's length
 # (tests/vhdpoke.py fuzz): bftest must exit 0 or 1 without a sanitizer
 # report, and where both it and qemu read the image, read the same bytes.
-crashes=() differ=() nread=0 nrefused=0 nqemu=0
-for s in $(seq 1 40); do
-    cp "$good" "$T/fz.vhd"
-    $POKE fuzz "$T/fz.vhd" "$s"
-    for cmd in info map; do
-        rc=0
-        "$BFTEST" -f vpc $cmd "$T/fz.vhd" >/dev/null 2>"$T/.err" || rc=$?
-        if [ $rc -gt 1 ] || _sanitizer_report "$T/.err"; then
-            crashes+=("seed $s $cmd: exit $rc $(tail -n 3 "$T/.err")")
-        fi
-    done
-    rc=0
-    "$BFTEST" -f vpc cat "$T/fz.vhd" "$T/fz.ours" 2>"$T/.err" || rc=$?
-    if [ $rc -gt 1 ] || _sanitizer_report "$T/.err"; then
-        crashes+=("seed $s cat: exit $rc $(tail -n 3 "$T/.err")")
-    elif [ $rc -eq 1 ]; then
-        [ -s "$T/.err" ] || crashes+=("seed $s cat: refused without a message")
-        nrefused=$((nrefused + 1))
-    else
-        nread=$((nread + 1))
-        if qemu-img convert -f vpc -O raw "$T/fz.vhd" "$T/fz.qemu" 2>/dev/null; then
-            nqemu=$((nqemu + 1))
-            cmp -s "$T/fz.qemu" "$T/fz.ours" || differ+=("seed $s: $(cmp "$T/fz.qemu" "$T/fz.ours" 2>&1 | head -n 1)")
-        fi
-    fi
-    rm -f "$T/fz.vhd" "$T/fz.ours" "$T/fz.qemu"
-done
-diag "fuzzing: $nread of 40 images read ($nqemu of them also by qemu), $nrefused refused"
-[ ${#crashes[@]} -eq 0 ] && ok "40 fuzzed images: each refused with a message or read, never a crash" ||
-    not_ok "40 fuzzed images: each refused with a message or read, never a crash" "${crashes[@]}"
-[ ${#differ[@]} -eq 0 ] && ok "fuzzed images both qemu and bftest read have the same bytes" ||
-    not_ok "fuzzed images both qemu and bftest read have the same bytes" "${differ[@]}"
+img_fuzz vpc "$good" 40 $POKE fuzz
 
 # ------------------------------------- real images (when ../shared is there)
 
