@@ -281,6 +281,8 @@ static inline uint32_t bf_le32(const void *p)
 { const uint8_t *b = p; return (uint32_t)b[3] << 24 | (uint32_t)b[2] << 16 | (uint32_t)b[1] << 8 | b[0]; }
 static inline uint64_t bf_le64(const void *p)
 { return (uint64_t)bf_le32((const uint8_t *)p + 4) << 32 | bf_le32(p); }
+static inline void bf_put_le32(void *p, uint32_t v)
+{ uint8_t *b = p; b[0] = (uint8_t)v; b[1] = (uint8_t)(v >> 8); b[2] = (uint8_t)(v >> 16); b[3] = (uint8_t)(v >> 24); }
 
 /* a + b without wrapping: false on overflow */
 static inline bool bf_add_ok(uint64_t a, uint64_t b, uint64_t *sum)

@@ -1,4 +1,5 @@
-/* vdi.c — VirtualBox disk images (VDI), read-only.  Layout: the VDI 1.1
+/* vdi.c — VirtualBox disk images (VDI): open, checks and reads (writes are
+ * vdi-write.c's).  Layout: the VDI 1.1
  * header (a 64-byte text line, signature 0xbeda107f at 0x40, version
  * 0x00010001, then little-endian fields), a block map of 32-bit
  * little-endian block numbers, and the blocks, each block_size bytes, at
@@ -30,8 +31,8 @@
  * undo, differencing) only names the image in info: what makes an image
  * differencing is its linkage UUID.
  *
- * Thread model: everything is read and checked during open and never
- * changes after; map() only reads the in-memory block map.
+ * Thread model: everything is read and checked during open; after it only
+ * block map entries change (vdi-write.c), each loaded atomically by map().
  */
 #include "internal.h"
 #include "vdi.h"
@@ -39,29 +40,6 @@
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
-
-#define VDI_SECTOR        512u
-#define VDI_VERSION_1_1   0x00010001u
-#define VDI_BLOCK_SIZE    (1u << 20)    /* the only size qemu (and VirtualBox) use */
-#define VDI_UNALLOCATED   0xffffffffu
-#define VDI_DISCARDED     0xfffffffeu
-
-/* qemu's bound: the block map indexes blocks with 32-bit numbers whose map
- * must fit 4 GiB.  Ours is lower, so that a hostile header cannot make us
- * allocate without limit: 32 Mi blocks of 1 MiB are 32 TiB, past the 2 TiB
- * VirtualBox itself allows. */
-#define VDI_QEMU_MAX_BLOCKS 0x3fffffffu
-#define VDI_MAX_BLOCKS      (32u << 20)
-
-struct vdi {
-    bool diff;                  /* a differencing image: free blocks read the parent */
-    char *parent_name;          /* as found beside us (vdi-parent.c) */
-    uint64_t file_size;
-    uint64_t offset_data;
-    uint32_t n_blocks;          /* entries in the block map */
-    uint32_t *bmap;
-    char version_str[96];
-};
 
 static int vdi_probe(const uint8_t *head, size_t len)
 {
@@ -74,6 +52,7 @@ static void vdi_close(struct bf_image *img)
     if (v) {
         free(v->bmap);
         free(v->parent_name);
+        pthread_mutex_destroy(&v->alloc_lock);
     }
     free(v);
     img->priv = NULL;
@@ -188,6 +167,37 @@ static int read_bmap(struct bf_image *img, struct vdi *v, uint64_t off_bmap, uin
     return 0;
 }
 
+/* A writable image: where new blocks go (after the highest block in use),
+ * how many the header should count, and no block shared by two guest
+ * blocks (a write to one would change the other). */
+static int plan_allocation(struct bf_image *img, struct vdi *v, uint64_t disk_size)
+{
+    uint8_t *used = calloc((size_t)v->n_blocks / 8 + 1, 1);
+    if (!used)
+        return bf_err(img, -ENOMEM, "out of memory");
+    uint32_t next = 0, count = 0;
+    int r = 0;
+    for (uint32_t i = 0; i < v->n_blocks && r == 0; i++) {
+        uint32_t e = v->bmap[i];
+        if (e >= VDI_DISCARDED)
+            continue;
+        count++;
+        if ((uint64_t)i * VDI_BLOCK_SIZE >= disk_size)
+            continue;               /* never read, never written: not checked */
+        if (used[e / 8] & (1u << (e % 8)))
+            r = bf_err(img, -EINVAL, "%s: VDI block %" PRIu32 " is stored in block %" PRIu32
+                       ", which another block uses too: the block map is damaged, and writing "
+                       "one would change the other; open read-only", img->filename, i, e);
+        used[e / 8] |= (uint8_t)(1u << (e % 8));
+        if (e + 1 > next)
+            next = e + 1;
+    }
+    free(used);
+    v->next_block = next;
+    v->n_allocated = count;
+    return r;
+}
+
 /* "1.1, normal (dynamic)": the image type as VirtualBox names it. */
 static void fill_info(struct bf_image *img, struct vdi *v, uint32_t type)
 {
@@ -208,12 +218,10 @@ static int vdi_open(struct bf_image *img, const struct bf_open_opts *opts)
     if (opts->snapshot)
         return bf_err(img, -ENOTSUP, "%s: VDI images have no internal snapshots here (VirtualBox "
                       "keeps snapshots as differencing images)", img->filename);
-    if (img->writable)
-        return bf_err(img, -EROFS, "%s: VDI images cannot be written yet; open read-only",
-                      img->filename);
     struct vdi *v = calloc(1, sizeof *v);
     if (!v)
         return bf_err(img, -ENOMEM, "out of memory");
+    pthread_mutex_init(&v->alloc_lock, NULL);
     img->priv = v;
 
     uint8_t h[VDI_HEADER_BYTES];
@@ -231,9 +239,15 @@ static int vdi_open(struct bf_image *img, const struct bf_open_opts *opts)
     if (r == 0) {
         v->n_blocks = bf_le32(h + VDI_H_BLOCKS);
         v->offset_data = bf_le32(h + VDI_H_OFFSET_DATA);
-        r = read_bmap(img, v, bf_le32(h + VDI_H_OFFSET_BMAP), disk_size);
+        v->offset_bmap = bf_le32(h + VDI_H_OFFSET_BMAP);
+        r = read_bmap(img, v, v->offset_bmap, disk_size);
     }
     v->diff = !uuid_is_null(h + VDI_H_UUID_LINKAGE);
+    if (r == 0 && img->writable && v->diff)
+        r = bf_err(img, -EROFS, "%s: differencing VDIs (VirtualBox snapshots) cannot be written; "
+                   "open read-only, or with a throwaway overlay", img->filename);
+    if (r == 0 && img->writable)
+        r = plan_allocation(img, v, disk_size);
     if (r == 0 && v->diff)
         r = bf_vdi_open_parent(img, h + VDI_H_UUID_LINKAGE, &v->parent_name);
     if (r < 0) {
@@ -258,7 +272,7 @@ static int vdi_unit(void *ctx, uint64_t start, struct bf_unit *u)
     if (idx >= c->v->n_blocks)      /* open checked the map covers the disk */
         return bf_err(c->img, -EIO, "%s: internal error: no VDI block holds guest offset %"
                       PRIu64, c->img->filename, start);
-    uint32_t e = c->v->bmap[idx];
+    uint32_t e = vdi_entry(c->v, (uint32_t)idx);
     if (e == VDI_UNALLOCATED && c->v->diff) {
         u->kind = BF_UNIT_UNALLOC;  /* the parent's (zeros with BF_OPEN_NO_BACKING) */
     } else if (e >= VDI_DISCARDED) {
@@ -287,4 +301,6 @@ const struct bf_driver bf_driver_vdi = {
     .open = vdi_open,
     .close = vdi_close,
     .map = vdi_map,
+    .pwrite = bf_vdi_pwrite,
+    .zero = bf_vdi_zero,
 };
