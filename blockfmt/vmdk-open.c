@@ -14,6 +14,8 @@
  *    are errors with a message (qemu takes the header, reads zeros, or
  *    fails later on read).
  *
+ * Writing (all-flat disks only) is vmdk-write.c's; open refuses the rest.
+ *
  * Thread model: open and close run on one thread; nothing here changes
  * after open.
  */
@@ -54,6 +56,7 @@ static void vmdk_free(struct vmdk *v)
     free(v->ext);
     bf_cache_free(v->gt_cache);
     vmdk_desc_free(&v->desc);
+    pthread_mutex_destroy(&v->cid_lock);
     free(v);
 }
 
@@ -88,13 +91,13 @@ static int open_extent_file(struct bf_image *img, struct vmdk_extent *e,
     if (!path)
         return bf_err(img, -ENOMEM, "out of memory");
     char msg[BF_ERRMSG_MAX];
-    r = bf_source_open(path, false, &e->src, msg, sizeof msg);
+    r = bf_source_open(path, img->writable, &e->src, msg, sizeof msg);
     free(path);
     if (r < 0)
         return bf_err(img, r, "%s: cannot open extent '%s' (descriptor line %u): %s",
                       img->filename, x->file, x->line, msg);
     e->own_src = true;
-    r = bf_source_lock(e->src, bf_lock_mode_for(img->open_flags, false), msg, sizeof msg);
+    r = bf_source_lock(e->src, bf_lock_mode_for(img->open_flags, img->writable), msg, sizeof msg);
     if (r < 0)
         return bf_err(img, r, "%s", msg);
 
@@ -142,11 +145,14 @@ static int open_extents(struct bf_image *img, struct vmdk *v, const struct vmdk_
             return bf_err(img, -EFBIG, "%s: the extents add up to more than any disk can hold",
                           img->filename);
         v->n_ext++;
+        int r = img->writable ? vmdk_writable_extent(img, x) : 0;
+        if (r < 0)
+            return r;
         if (x->access == VMDK_NOACCESS || x->type == VMDK_ET_ZERO) {
             e->kind = VMDK_ZERO;
             continue;
         }
-        int r = open_extent_file(img, e, x);
+        r = open_extent_file(img, e, x);
         if (r < 0)
             return r;
     }
@@ -201,6 +207,10 @@ static int check_embedded(struct bf_image *img, const struct vmdk *v, const char
 
 static int open_sparse_image(struct bf_image *img, struct vmdk *v)
 {
+    if (img->writable)
+        return bf_err(img, -EROFS, "%s: sparse vmdk files cannot be written yet (only disks "
+                      "whose extents are all flat can); open read-only, or with a throwaway "
+                      "overlay", img->filename);
     v->ext = calloc(1, sizeof *v->ext);
     if (!v->ext)
         return bf_err(img, -ENOMEM, "out of memory");
@@ -349,6 +359,7 @@ static int vmdk_open(struct bf_image *img, const struct bf_open_opts *opts)
     struct vmdk *v = calloc(1, sizeof *v);
     if (!v)
         return bf_err(img, -ENOMEM, "out of memory");
+    pthread_mutex_init(&v->cid_lock, NULL);
     img->priv = v;
 
     uint64_t fsize;
@@ -402,4 +413,6 @@ const struct bf_driver bf_driver_vmdk = {
     .open = vmdk_open,
     .close = vmdk_close,
     .map = vmdk_map,
+    .alloc = vmdk_alloc,
+    .flush = vmdk_flush,
 };

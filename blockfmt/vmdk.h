@@ -9,7 +9,8 @@
  * qemu's block/vmdk.c accepts (it is checked as strictly as qemu does).
  *
  * Thread model: everything here is fixed when open returns, except the
- * grain-table cache, which locks itself.
+ * grain-table cache, which locks itself, and the CID of a disk being
+ * written (under cid_lock).
  */
 #ifndef BLOCKFMT_VMDK_H
 #define BLOCKFMT_VMDK_H
@@ -113,6 +114,10 @@ struct vmdk {
     struct bf_cache *gt_cache;   /* grain tables of every extent */
     struct vmdk_desc desc;
     char version_str[96];
+    /* writable (all-flat) disks: the CID is changed once, before the
+     * first write (vmdk-write.c) */
+    pthread_mutex_t cid_lock;
+    bool cid_updated;
 };
 
 /* Open the sparse extent @e whose file is e->src, as a @type extent
@@ -126,5 +131,11 @@ void vmdk_extent_free(struct vmdk_extent *e);
 
 int vmdk_map(struct bf_image *img, uint64_t off, uint64_t len, unsigned flags,
              struct bf_map *m);
+
+/* vmdk-write.c: 0 if descriptor extent @x can be written, else -EROFS with
+ * a message; the driver's alloc and flush for all-flat disks. */
+int vmdk_writable_extent(struct bf_image *img, const struct vmdk_desc_extent *x);
+int vmdk_alloc(struct bf_image *img, uint64_t off, uint64_t len, struct bf_map *m);
+int vmdk_flush(struct bf_image *img);
 
 #endif
