@@ -242,7 +242,7 @@ static int vdi_open(struct bf_image *img, const struct bf_open_opts *opts)
         v->offset_bmap = bf_le32(h + VDI_H_OFFSET_BMAP);
         r = read_bmap(img, v, v->offset_bmap, disk_size);
     }
-    v->diff = !uuid_is_null(h + VDI_H_UUID_LINKAGE);
+    v->diff = r == 0 && !uuid_is_null(h + VDI_H_UUID_LINKAGE);
     if (r == 0 && img->writable && v->diff)
         r = bf_err(img, -EROFS, "%s: differencing VDIs (VirtualBox snapshots) cannot be written; "
                    "open read-only, or with a throwaway overlay", img->filename);
