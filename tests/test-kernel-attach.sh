@@ -27,7 +27,9 @@ mk() {
     qemu-img convert -c -O qcow2 "$T/disk.raw" "$T/disk.qcow2" &&
     cp "$T/disk.raw" "$T/share/rw.raw" && cp "$T/disk.raw" "$T/share/s.raw" &&
     cp "$T/disk.raw" "$T/share/base.raw" &&
-    qemu-img create -q -f qcow2 -b base.raw -F raw "$T/share/rw.qcow2"
+    qemu-img create -q -f qcow2 -b base.raw -F raw "$T/share/rw.qcow2" &&
+    qemu-img convert -O vdi "$T/disk.raw" "$T/share/rw.vdi" &&
+    qemu-img convert -O vmdk -o subformat=monolithicFlat "$T/disk.raw" "$T/share/rw.vmdk"
 }
 check "host: a qcow2 holding an MBR disk with ext4 and FAT partitions" mk
 
@@ -59,4 +61,19 @@ out=$(debugfs -R 'cat /q.txt' "$T/q-p1.img" 2>/dev/null)
     not_ok "host: q.txt in the qcow2" "$out"
 debugfs -R 'dump /qblob '"$T/qblob" "$T/q-p1.img" >/dev/null 2>&1
 same_file "host: the copied blob is intact in the qcow2" "$T/qblob" "$T/blob.bin"
+
+# What the VM wrote through the kernel into the VDI and the flat vmdk.
+for f in vdi vmdk; do
+    check "host: qemu-img reads the $f written through the kernel" \
+        qemu-img convert -f $f -O raw "$T/share/rw.$f" "$T/f.raw"
+    dd if="$T/f.raw" of="$T/f-p1.img" bs=512 skip=2048 count=24576 status=none
+    check "host: the ext4 inside the $f is clean (e2fsck -fn)" e2fsck -fn "$T/f-p1.img"
+    out=$(debugfs -R 'cat /f.txt' "$T/f-p1.img" 2>/dev/null)
+    [ "$out" = "written into a $f" ] && ok "host: the file written in the VM is in the $f" ||
+        not_ok "host: f.txt in the $f" "$out"
+    debugfs -R 'dump /fblob '"$T/fblob" "$T/f-p1.img" >/dev/null 2>&1
+    same_file "host: the copied blob is intact in the $f" "$T/fblob" "$T/blob.bin"
+    rm -f "$T/f.raw" "$T/f-p1.img" "$T/fblob"
+done
+check "host: qemu-img check of the VDI written through the kernel" qemu-img check -q -f vdi "$T/share/rw.vdi"
 done_testing
