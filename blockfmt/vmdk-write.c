@@ -8,7 +8,8 @@
  * matches it (its parentCID is checked when it is opened).  The new CID is
  * written over the old one in place, in as many hex digits as the old one
  * has (qemu writes no leading zeros, so "CID=ac874c1" has seven); a
- * descriptor without a CID line keeps none.
+ * descriptor with no CID line, or one that is not 1 to 8 bare hex digits
+ * (quoted, say), is left as it is.
  *
  * Sparse, stream-optimized and seSparse extents, delta disks, and RDONLY,
  * NOACCESS or ZERO extent lines are refused for writing at open
