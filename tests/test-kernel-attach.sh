@@ -36,14 +36,23 @@ check "host: a qcow2 holding an MBR disk with ext4 and FAT partitions" mk
 vm_tap "vm" --timeout 240 --mem 768 --share "$T/share" "$S/attach.sh" \
     "$T/disk.qcow2" "$T/disk.raw" "$T/hello.txt" "$T/blob.bin"
 
+# ext4_written WHERE RAW FILE TEXT BLOB: partition 1 of the raw disk RAW is a
+# clean ext4 whose /FILE holds TEXT and whose /BLOB is blob.bin, as the VM
+# wrote them (WHERE names the image in the test descriptions).
+ext4_written() {
+    local where=$1 raw=$2 file=$3 text=$4 blob=$5 out
+    dd if="$raw" of="$T/p1.img" bs=512 skip=2048 count=24576 status=none
+    check "host: the ext4 inside $where is clean (e2fsck -fn)" e2fsck -fn "$T/p1.img"
+    out=$(debugfs -R "cat /$file" "$T/p1.img" 2>/dev/null)
+    [ "$out" = "$text" ] && ok "host: the file written in the VM is in $where" ||
+        not_ok "host: $file in $where" "$out"
+    debugfs -R "dump /$blob $T/blob.out" "$T/p1.img" >/dev/null 2>&1
+    same_file "host: the copied blob is intact in $where" "$T/blob.out" "$T/blob.bin"
+    rm -f "$T/p1.img" "$T/blob.out"
+}
+
 # What the VM wrote through /dev/nbd1 is in the raw image.
-dd if="$T/share/rw.raw" of="$T/rw-p1.img" bs=512 skip=2048 count=24576 status=none
-check "host: the written ext4 is clean (e2fsck -fn)" e2fsck -fn "$T/rw-p1.img"
-out=$(debugfs -R 'cat /new.txt' "$T/rw-p1.img" 2>/dev/null)
-[ "$out" = "written through nbd" ] && ok "host: the file written in the VM is in the image" ||
-    not_ok "host: new.txt in the image" "$out"
-debugfs -R 'dump /blob2 '"$T/blob2" "$T/rw-p1.img" >/dev/null 2>&1
-same_file "host: the copied blob is intact in the image" "$T/blob2" "$T/blob.bin"
+ext4_written "the image" "$T/share/rw.raw" new.txt "written through nbd" blob2
 dd if="$T/share/rw.raw" of="$T/rw-p2.img" bs=512 skip=26624 count=20480 status=none
 out=$(MTOOLS_SKIP_CHECK=1 mtype -i "$T/rw-p2.img" ::/NEW.TXT 2>&1)
 [ "$out" = "fat through nbd" ] && ok "host: the FAT file written in the VM is in the image" ||
@@ -54,26 +63,14 @@ same_file "host: the -s image is byte-for-byte unchanged" "$T/share/s.raw" "$T/d
 check "host: qemu-img check of the qcow2 written through the kernel" qemu-img check -q "$T/share/rw.qcow2"
 same_file "host: the qcow2's backing file is unchanged" "$T/share/base.raw" "$T/disk.raw"
 qemu-img convert -O raw "$T/share/rw.qcow2" "$T/q.raw"
-dd if="$T/q.raw" of="$T/q-p1.img" bs=512 skip=2048 count=24576 status=none
-check "host: the ext4 inside the qcow2 is clean (e2fsck -fn)" e2fsck -fn "$T/q-p1.img"
-out=$(debugfs -R 'cat /q.txt' "$T/q-p1.img" 2>/dev/null)
-[ "$out" = "written into a qcow2" ] && ok "host: the file written in the VM is in the qcow2" ||
-    not_ok "host: q.txt in the qcow2" "$out"
-debugfs -R 'dump /qblob '"$T/qblob" "$T/q-p1.img" >/dev/null 2>&1
-same_file "host: the copied blob is intact in the qcow2" "$T/qblob" "$T/blob.bin"
+ext4_written "the qcow2" "$T/q.raw" q.txt "written into a qcow2" qblob
 
 # What the VM wrote through the kernel into the VDI and the flat vmdk.
 for f in vdi vmdk; do
     check "host: qemu-img reads the $f written through the kernel" \
         qemu-img convert -f $f -O raw "$T/share/rw.$f" "$T/f.raw"
-    dd if="$T/f.raw" of="$T/f-p1.img" bs=512 skip=2048 count=24576 status=none
-    check "host: the ext4 inside the $f is clean (e2fsck -fn)" e2fsck -fn "$T/f-p1.img"
-    out=$(debugfs -R 'cat /f.txt' "$T/f-p1.img" 2>/dev/null)
-    [ "$out" = "written into a $f" ] && ok "host: the file written in the VM is in the $f" ||
-        not_ok "host: f.txt in the $f" "$out"
-    debugfs -R 'dump /fblob '"$T/fblob" "$T/f-p1.img" >/dev/null 2>&1
-    same_file "host: the copied blob is intact in the $f" "$T/fblob" "$T/blob.bin"
-    rm -f "$T/f.raw" "$T/f-p1.img" "$T/fblob"
+    ext4_written "the $f" "$T/f.raw" f.txt "written into a $f" fblob
+    rm -f "$T/f.raw"
 done
 check "host: qemu-img check of the VDI written through the kernel" qemu-img check -q -f vdi "$T/share/rw.vdi"
 done_testing
