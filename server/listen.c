@@ -192,16 +192,21 @@ static void *conn_thread(void *arg)
             *pp = c->next;
             break;
         }
-    s->nclients--;
     pthread_mutex_unlock(&s->lock);
     close(c->fd);       /* off the list first: stop_connections() shuts listed fds down */
     vlog(s, "connection %u: closed", c->id);
-
     pthread_mutex_destroy(&c->send_lock);
     pthread_mutex_destroy(&c->read_lock);
     free(c->meta_export);
     free(c);
+
+    /* Counted out last, and the main thread woken under the lock: once
+     * serve() reads nclients == 0 it closes the wake pipe, so no thread may
+     * touch it (or anything of the connection) after that. */
+    pthread_mutex_lock(&s->lock);
+    s->nclients--;
     (void)!write(s->wake[1], "c", 1);
+    pthread_mutex_unlock(&s->lock);
     return NULL;
 }
 

@@ -159,9 +159,6 @@ bf_matches_qemu() {
 
 # ---- NBD servers and clients (used by tests/test-nbd-*.sh) ----
 
-# alive PID: the process exists and is not a zombie.
-alive() { [ -d "/proc/$1" ] && [ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" != Z ]; }
-
 # nbd_listening SOCK: something listens on the Unix socket SOCK.  Read from
 # /proc/net/unix rather than by connecting: a probe connection would count
 # as the server's first client.
@@ -260,6 +257,12 @@ process_gone() {
     st=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 0
     [ -z "$st" ] || [ "$st" = Z ] || [ "$st" = X ]
 }
+
+# alive PID: the process exists and is not a zombie.  One read of its stat
+# file decides: bash reaps an exited child whenever it waits for another
+# (the awk below is one), so "/proc/PID exists, then its stat is unreadable"
+# means the process has just gone, not that it runs.
+alive() { ! process_gone "$1"; }
 
 # require_vdisk_nbd: a test of the server fails (not skips) when it is not built.
 require_vdisk_nbd() {
