@@ -98,6 +98,10 @@ static inline int bf_source_size(struct bf_source *s, uint64_t *size)
 { return s->ops->size(s, size); }
 static inline int bf_source_flush(struct bf_source *s)
 { return s->ops->flush ? s->ops->flush(s) : 0; }
+/* Make @len bytes at @off read as zero: a hole punched (the space kept)
+ * where the file system can, else zeros written; -ENOTSUP instead of
+ * writing when @fast. */
+int bf_source_zero(struct bf_source *s, uint64_t off, uint64_t len, bool fast);
 
 /* ------------------------------------------------------------------ maps */
 

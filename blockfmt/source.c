@@ -132,6 +132,21 @@ static int file_punch(struct bf_source *s, uint64_t off, uint64_t len, bool keep
     return 0;
 }
 
+int bf_source_zero(struct bf_source *s, uint64_t off, uint64_t len, bool fast)
+{
+    static const uint8_t zeros[64 * 1024];
+    int r = s->ops->punch ? s->ops->punch(s, off, len, true) : -ENOTSUP;
+    if (r != -ENOTSUP && r != -EOPNOTSUPP && r != -ENODEV)
+        return r;
+    if (fast)
+        return -ENOTSUP;
+    for (uint64_t done = 0; done < len; done += sizeof zeros)
+        if ((r = bf_source_pwrite(s, zeros, (size_t)bf_min64(len - done, sizeof zeros),
+                                  off + done)) < 0)
+            return r;
+    return 0;
+}
+
 static void file_close(struct bf_source *s)
 {
     if (s->fd >= 0)

@@ -103,7 +103,6 @@ int bf_vdi_pwrite(struct bf_image *img, const void *buf, size_t len, uint64_t of
  * never allocates. */
 int bf_vdi_zero(struct bf_image *img, uint64_t off, uint64_t len, unsigned flags)
 {
-    static const uint8_t zeros[64 * 1024];
     struct vdi *v = img->priv;
     while (len > 0) {
         uint32_t idx = (uint32_t)(off / VDI_BLOCK_SIZE);
@@ -112,15 +111,9 @@ int bf_vdi_zero(struct bf_image *img, uint64_t off, uint64_t len, unsigned flags
         uint32_t e = vdi_entry(v, idx);
         if (e < VDI_DISCARDED) {
             uint64_t at = v->offset_data + (uint64_t)e * VDI_BLOCK_SIZE + in;
-            int r = img->src->ops->punch ? img->src->ops->punch(img->src, at, n, true) : -ENOTSUP;
-            if (r == -ENOTSUP || r == -EOPNOTSUPP || r == -ENODEV) {
-                if (flags & BF_ZERO_FAST)
-                    return -ENOTSUP;
-                r = 0;
-                for (uint64_t done = 0; done < n && r == 0; done += sizeof zeros)
-                    r = bf_source_pwrite(img->src, zeros,
-                                         (size_t)bf_min64(n - done, sizeof zeros), at + done);
-            }
+            int r = bf_source_zero(img->src, at, n, flags & BF_ZERO_FAST);
+            if (r == -ENOTSUP)
+                return r;
             if (r < 0)
                 return write_error(img, r, "zeros", at);
         }

@@ -12,10 +12,15 @@
  *
  * Thread model: the extent list and grain directories are fixed after open;
  * grain tables come from the shared, self-locking cache and are only read.
+ * In a disk open for writing, grain tables are read from the file for each
+ * lookup instead (a private copy): the cache loads outside its lock, so a
+ * table read before a writer's update could be put back into it after (see
+ * vmdk-write.c), and the extent sizes are loaded atomically.
  */
 #include "vmdk.h"
 
 #include <inttypes.h>
+#include <stdlib.h>
 
 enum unit_kind { U_DATA, U_ZERO, U_UNALLOC, U_COMPRESSED, U_BAD };
 
@@ -47,14 +52,36 @@ static int get_gt(struct bf_image *img, struct vmdk *v, const struct vmdk_extent
                   uint64_t gt_off, const void **gt, struct bf_cache_ent **ent)
 {
     struct gt_load l = { img, e, bf_cache_block_size(v->gt_cache) };
-    int r = bf_cache_get(v->gt_cache, (uint64_t)e->index << VMDK_GT_KEY_BITS | gt_off, load_gt,
-                         &l, gt, ent);
+    uint64_t key = (uint64_t)e->index << VMDK_GT_KEY_BITS | gt_off;
+    if (v->gt_uncached) {
+        void *buf = malloc(l.block);
+        if (!buf)
+            return bf_err(img, -ENOMEM, "out of memory");
+        int r = load_gt(&l, key, buf);
+        if (r < 0) {
+            free(buf);
+            return r;
+        }
+        *gt = buf;
+        *ent = NULL;
+        return 0;
+    }
+    int r = bf_cache_get(v->gt_cache, key, load_gt, &l, gt, ent);
     return r == -ENOMEM ? bf_err(img, r, "out of memory") : r;
+}
+
+static void put_gt(struct vmdk *v, const void *gt, struct bf_cache_ent *ent)
+{
+    if (ent)
+        bf_cache_put(v->gt_cache, ent);
+    else
+        free((void *)gt);
 }
 
 static struct unit classify(const struct vmdk_extent *e, const uint8_t *gt, uint32_t idx)
 {
     struct unit u = { U_UNALLOC, 0 };
+    uint64_t file_size = __atomic_load_n(&e->file_size, __ATOMIC_ACQUIRE);
     if (e->kind == VMDK_SESPARSE) {
         uint64_t x = bf_le64(gt + (size_t)idx * 8);
         switch (x >> 60) {
@@ -69,7 +96,7 @@ static struct unit classify(const struct vmdk_extent *e, const uint8_t *gt, uint
             uint64_t g = ((x & 0x0fff000000000000ull) >> 48) | ((x & 0x0000ffffffffffffull) << 12);
             uint64_t host;
             if (__builtin_mul_overflow(g, e->grain, &host) ||
-                !bf_add_ok(host, e->se_grains, &host) || host >= e->file_size) {
+                !bf_add_ok(host, e->se_grains, &host) || host >= file_size) {
                 u.kind = U_BAD;
             } else {
                 u.kind = U_DATA;
@@ -90,7 +117,7 @@ static struct unit classify(const struct vmdk_extent *e, const uint8_t *gt, uint
         return u;
     }
     u.host = s * VMDK_SECTOR;
-    u.kind = u.host >= e->file_size ? U_BAD : e->compressed ? U_COMPRESSED : U_DATA;
+    u.kind = u.host >= file_size ? U_BAD : e->compressed ? U_COMPRESSED : U_DATA;
     return u;
 }
 
@@ -111,7 +138,7 @@ static int unit_at(struct bf_image *img, struct vmdk *v, const struct vmdk_exten
         if (r < 0)
             return r;
         *u = classify(e, rgt, idx);
-        bf_cache_put(v->gt_cache, ent);
+        put_gt(v, rgt, ent);
         if (u->kind != U_BAD)
             return 0;
     }
@@ -222,7 +249,7 @@ static int map_sparse(struct bf_image *img, struct vmdk *v, const struct vmdk_ex
     r = bf_map_units(rel, len, e->grain, vmdk_unit, &uc, e->src, m, &first);
     if (r == 0 && first.kind == BF_UNIT_COMPRESSED)
         r = map_compressed(img, e, first.host, rel - rel % e->grain, rel, len, m);
-    bf_cache_put(v->gt_cache, ent);
+    put_gt(v, gt, ent);
     return r;
 }
 
@@ -237,8 +264,7 @@ static void map_flat(const struct vmdk_extent *e, uint64_t rel, uint64_t len, st
     m->len = len;
 }
 
-/* The extent holding guest offset @off (extents are sorted, none empty). */
-static const struct vmdk_extent *find_extent(const struct vmdk *v, uint64_t off)
+struct vmdk_extent *vmdk_extent_at(const struct vmdk *v, uint64_t off)
 {
     size_t lo = 0, hi = v->n_ext;
     while (hi - lo > 1) {
@@ -256,7 +282,7 @@ int vmdk_map(struct bf_image *img, uint64_t off, uint64_t len, unsigned flags,
 {
     (void)flags;
     struct vmdk *v = img->priv;
-    const struct vmdk_extent *e = v->n_ext ? find_extent(v, off) : NULL;
+    const struct vmdk_extent *e = v->n_ext ? vmdk_extent_at(v, off) : NULL;
     if (!e || off < e->start || off - e->start >= e->size)
         return bf_err(img, -EIO, "%s: internal error: no extent holds guest offset %" PRIu64,
                       img->filename, off);

@@ -14,7 +14,8 @@
  *    are errors with a message (qemu takes the header, reads zeros, or
  *    fails later on read).
  *
- * Writing (all-flat disks only) is vmdk-write.c's; open refuses the rest.
+ * Writing is vmdk-write.c's (flat extents and hosted sparse ones); open
+ * refuses the rest for writing.
  *
  * Thread model: open and close run on one thread; nothing here changes
  * after open.
@@ -57,6 +58,7 @@ static void vmdk_free(struct vmdk *v)
     bf_cache_free(v->gt_cache);
     vmdk_desc_free(&v->desc);
     pthread_mutex_destroy(&v->cid_lock);
+    pthread_mutex_destroy(&v->alloc_lock);
     free(v);
 }
 
@@ -115,6 +117,8 @@ static int open_extent_file(struct bf_image *img, struct vmdk_extent *e,
         return 0;
     }
     if ((r = vmdk_sparse_open(img, e, x->type, NULL, NULL)) < 0)
+        return r;
+    if (img->writable && (r = vmdk_writable_sparse(img, e)) < 0)
         return r;
     if (e->capacity != e->size)
         return bf_err(img, -EINVAL, "%s: the extent sizes do not add up: descriptor line %u "
@@ -176,6 +180,8 @@ static int open_descriptor_image(struct bf_image *img, struct vmdk *v, uint64_t 
     }
     r = vmdk_desc_parse(img, img->filename, text, fsize, &v->desc);
     free(text);
+    v->desc_off = 0;
+    v->desc_bytes = fsize;
     if (r == 0)
         r = check_create_type(img, &v->desc, img->filename);
     if (r == 0)
@@ -207,10 +213,6 @@ static int check_embedded(struct bf_image *img, const struct vmdk *v, const char
 
 static int open_sparse_image(struct bf_image *img, struct vmdk *v)
 {
-    if (img->writable)
-        return bf_err(img, -EROFS, "%s: sparse vmdk files cannot be written yet (only disks "
-                      "whose extents are all flat can); open read-only, or with a throwaway "
-                      "overlay", img->filename);
     v->ext = calloc(1, sizeof *v->ext);
     if (!v->ext)
         return bf_err(img, -ENOMEM, "out of memory");
@@ -227,6 +229,8 @@ static int open_sparse_image(struct bf_image *img, struct vmdk *v)
     free(text);
     if (r < 0)
         return r;
+    v->desc_off = e->desc_off;
+    v->desc_bytes = e->desc_bytes;
     if (e->kind == VMDK_KDMV && e->capacity == 0 && v->desc.n_ext > 0) {
         /* No capacity, but a descriptor listing extents: qemu reads such a
          * file as a descriptor file, and so do we. */
@@ -239,6 +243,9 @@ static int open_sparse_image(struct bf_image *img, struct vmdk *v)
         return open_extents(img, v, &v->desc);
     }
     if ((r = check_embedded(img, v, where)) < 0)
+        return r;
+    if (img->writable && ((v->desc.n_ext && (r = vmdk_writable_extent(img, &v->desc.ext[0])) < 0)
+                          || (r = vmdk_writable_sparse(img, e)) < 0))
         return r;
     e->size = e->capacity;
     img->size = e->capacity;
@@ -360,6 +367,8 @@ static int vmdk_open(struct bf_image *img, const struct bf_open_opts *opts)
     if (!v)
         return bf_err(img, -ENOMEM, "out of memory");
     pthread_mutex_init(&v->cid_lock, NULL);
+    pthread_mutex_init(&v->alloc_lock, NULL);
+    v->gt_uncached = img->writable;
     img->priv = v;
 
     uint64_t fsize;
@@ -413,6 +422,7 @@ const struct bf_driver bf_driver_vmdk = {
     .open = vmdk_open,
     .close = vmdk_close,
     .map = vmdk_map,
-    .alloc = vmdk_alloc,
+    .pwrite = vmdk_pwrite,
+    .zero = vmdk_zero,
     .flush = vmdk_flush,
 };

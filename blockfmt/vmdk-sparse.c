@@ -253,6 +253,7 @@ static int kdmv_open(struct bf_image *img, struct vmdk_extent *e, const uint8_t 
     e->compressed = h.compress == 1;
     e->markers = (h.flags & KDMV_FLAG_MARKERS) != 0;
     e->zero_grain = (h.flags & KDMV_FLAG_ZERO_GRAIN) != 0;
+    e->overhead = h.overhead <= VMDK_MAX_SECTORS ? h.overhead * VMDK_SECTOR : 0;
     if (h.capacity > VMDK_MAX_SECTORS)
         return bf_err(img, -EFBIG, "%s: capacity of %" PRIu64 " sectors is too large; the "
                       "header is damaged", fn, h.capacity);
@@ -273,6 +274,8 @@ static int kdmv_open(struct bf_image *img, struct vmdk_extent *e, const uint8_t 
         }
         *desc = t;
         *desc_len = n;
+        e->desc_off = h.desc_off * VMDK_SECTOR;
+        e->desc_bytes = n;
     }
     if (h.capacity == 0)
         return 0;              /* nothing to map (or a descriptor in a sparse file) */

@@ -9,8 +9,9 @@
  * qemu's block/vmdk.c accepts (it is checked as strictly as qemu does).
  *
  * Thread model: everything here is fixed when open returns, except the
- * grain-table cache, which locks itself, and the CID of a disk being
- * written (under cid_lock).
+ * grain-table cache, which locks itself, and, in a disk open for writing,
+ * its CID (under cid_lock) and the grains allocated in its sparse extents
+ * (under alloc_lock; see vmdk-write.c).
  */
 #ifndef BLOCKFMT_VMDK_H
 #define BLOCKFMT_VMDK_H
@@ -91,7 +92,8 @@ struct vmdk_extent {
     struct bf_source *src;   /* NULL for VMDK_ZERO */
     bool own_src;            /* false when src is the image file itself */
     uint64_t start, size;    /* guest bytes */
-    uint64_t file_size;      /* size of src at open */
+    uint64_t file_size;      /* size of src at open; grows as grains are added
+                                (atomic loads and stores) */
     uint64_t flat_off;       /* VMDK_FLAT: bytes */
 
     /* sparse extents */
@@ -105,6 +107,9 @@ struct vmdk_extent {
     uint64_t *gd;            /* grain-table byte offsets: 0 none, VMDK_GT_BAD damaged */
     uint64_t *rgd;           /* the redundant directory resolved likewise, or NULL */
     bool compressed, markers, zero_grain;
+    uint64_t overhead;       /* KDMV: bytes of metadata before the first grain */
+    uint64_t desc_off, desc_bytes;  /* KDMV: where its embedded descriptor is, if any */
+    uint64_t alloc_end;      /* writing: where the next new grain goes (0: not known yet) */
     uint64_t se_grains;      /* seSparse: byte offset of grain 0 */
 };
 
@@ -114,10 +119,14 @@ struct vmdk {
     struct bf_cache *gt_cache;   /* grain tables of every extent */
     struct vmdk_desc desc;
     char version_str[96];
-    /* writable (all-flat) disks: the CID is changed once, before the
-     * first write (vmdk-write.c) */
-    pthread_mutex_t cid_lock;
+    /* where the descriptor text is in the image's own file */
+    uint64_t desc_off, desc_bytes;
+    /* disks open for writing (vmdk-write.c): the CID is changed once,
+     * before the first write; grains are allocated one at a time; grain
+     * tables are read from the file each time, never from the cache */
+    pthread_mutex_t cid_lock, alloc_lock;
     bool cid_updated;
+    bool gt_uncached;
 };
 
 /* Open the sparse extent @e whose file is e->src, as a @type extent
@@ -131,11 +140,16 @@ void vmdk_extent_free(struct vmdk_extent *e);
 
 int vmdk_map(struct bf_image *img, uint64_t off, uint64_t len, unsigned flags,
              struct bf_map *m);
+/* The extent holding guest offset @off (extents are sorted, none empty;
+ * the caller checks that one does). */
+struct vmdk_extent *vmdk_extent_at(const struct vmdk *v, uint64_t off);
 
-/* vmdk-write.c: 0 if descriptor extent @x can be written, else -EROFS with
- * a message; the driver's alloc and flush for all-flat disks. */
+/* vmdk-write.c: 0 if descriptor extent @x (or opened sparse extent @e) can
+ * be written, else -EROFS with a message; the driver's write hooks. */
 int vmdk_writable_extent(struct bf_image *img, const struct vmdk_desc_extent *x);
-int vmdk_alloc(struct bf_image *img, uint64_t off, uint64_t len, struct bf_map *m);
+int vmdk_writable_sparse(struct bf_image *img, const struct vmdk_extent *e);
+int vmdk_pwrite(struct bf_image *img, const void *buf, size_t len, uint64_t off);
+int vmdk_zero(struct bf_image *img, uint64_t off, uint64_t len, unsigned flags);
 int vmdk_flush(struct bf_image *img);
 
 #endif

@@ -29,7 +29,10 @@ mk() {
     cp "$T/disk.raw" "$T/share/base.raw" &&
     qemu-img create -q -f qcow2 -b base.raw -F raw "$T/share/rw.qcow2" &&
     qemu-img convert -O vdi "$T/disk.raw" "$T/share/rw.vdi" &&
-    qemu-img convert -O vmdk -o subformat=monolithicFlat "$T/disk.raw" "$T/share/rw.vmdk"
+    qemu-img convert -O vmdk -o subformat=monolithicFlat "$T/disk.raw" "$T/share/rw.vmdk" &&
+    qemu-img convert -O vmdk "$T/disk.raw" "$T/share/sbase.vmdk" &&
+    cp "$T/share/sbase.vmdk" "$T/sbase.before" &&
+    qemu-img create -q -f vmdk -b sbase.vmdk -F vmdk "$T/share/rw.delta.vmdk"
 }
 check "host: a qcow2 holding an MBR disk with ext4 and FAT partitions" mk
 
@@ -65,12 +68,16 @@ same_file "host: the qcow2's backing file is unchanged" "$T/share/base.raw" "$T/
 qemu-img convert -O raw "$T/share/rw.qcow2" "$T/q.raw"
 ext4_written "the qcow2" "$T/q.raw" q.txt "written into a qcow2" qblob
 
-# What the VM wrote through the kernel into the VDI and the flat vmdk.
-for f in vdi vmdk; do
+# What the VM wrote through the kernel into the VDI, the flat vmdk and the
+# sparse delta vmdk (over sbase.vmdk, which must be unchanged).
+for f in vdi vmdk delta.vmdk; do
     check "host: qemu-img reads the $f written through the kernel" \
-        qemu-img convert -f $f -O raw "$T/share/rw.$f" "$T/f.raw"
+        qemu-img convert -f "${f##*.}" -O raw "$T/share/rw.$f" "$T/f.raw"
     ext4_written "the $f" "$T/f.raw" f.txt "written into a $f" fblob
     rm -f "$T/f.raw"
 done
 check "host: qemu-img check of the VDI written through the kernel" qemu-img check -q -f vdi "$T/share/rw.vdi"
+check "host: qemu-img check of the delta vmdk written through the kernel" \
+    qemu-img check -q -f vmdk "$T/share/rw.delta.vmdk"
+same_file "host: the delta vmdk's sparse parent is unchanged" "$T/share/sbase.vmdk" "$T/sbase.before"
 done_testing

@@ -154,8 +154,8 @@ rc=0; dd if="$T/w" of="$mnt/p1" bs=1 seek=$((20480 * 512 - 10)) conv=notrunc sta
 dd if="$T/w" of="$T/model.raw" bs=1 seek=$((2048 * 512 + 20480 * 512 - 10)) count=10 conv=notrunc status=none
 check "unmount" "$VDISK_MOUNT" -u "$mnt"
 same_file "--rw writes landed in the raw image, nowhere else" "$T/rw.raw" "$T/model.raw"
-qemu-img convert -O vmdk "$T/oracle.raw" "$T/img.vmdk"
-check_fails "--rw on a read-only format (vmdk) is refused, suggesting -s" "use -s" \
+qemu-img convert -O vmdk -o subformat=streamOptimized "$T/oracle.raw" "$T/img.vmdk"
+check_fails "--rw on a read-only format (stream-optimized vmdk) is refused, suggesting -s" "use -s" \
     "$VDISK_MOUNT" --rw "$T/img.vmdk" "$mnt"
 
 # --- --rw on a qcow2 with a backing file: copy-on-write through the view ----

@@ -158,12 +158,12 @@ view_unmount() {
     src=$(findmnt -n -o SOURCE --target "$mnt" 2>/dev/null)
     pid=$(echo "$src" | cut -d: -f2)
     "$VDISK_MOUNT" -u "$mnt" >"$T/.out" 2>"$T/.err" || rc=$?
-    for ((i = 0; i < 50; i++)); do [ -n "$pid" ] && [ -d "/proc/$pid" ] || break; sleep 0.1; done
-    if [ "$rc" -eq 0 ] && ! mountpoint -q "$mnt" && [ -n "$pid" ] && [ ! -d "/proc/$pid" ] &&
+    for ((i = 0; i < 50; i++)); do [ -n "$pid" ] && ! process_gone "$pid" || break; sleep 0.1; done
+    if [ "$rc" -eq 0 ] && ! mountpoint -q "$mnt" && [ -n "$pid" ] && process_gone "$pid" &&
         ! _sanitizer_report "$T/.err"; then
         ok "$desc"
     else
-        not_ok "$desc" "exit $rc, source '$src', pid $pid $( [ -d "/proc/$pid" ] && echo alive)" \
+        not_ok "$desc" "exit $rc, source '$src', pid $pid $(process_gone "$pid" || echo alive)" \
             "$(tail -n 5 "$T/.err")"
         unmount_any "$mnt"
     fi

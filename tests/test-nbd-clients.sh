@@ -562,9 +562,10 @@ check_fails "-l with an unknown snapshot is refused" 'nosuch|snapshot' \
 
 # Whichever of these formats the library cannot write yet (bftest --rw
 # says): serving it read-write must fail with a message naming -r and -s.
-qemu-img create -q -f vmdk ro.vmdk 16M
+qemu-img create -q -f vmdk -o subformat=streamOptimized ro.vmdk 16M
+qemu-img create -q -f vpc ro.vhd 16M
 rofmt=
-for img in ro.vmdk; do      # (add formats here; the first one not writable is used)
+for img in ro.vmdk ro.vhd; do   # (add formats here; the first one not writable is used)
     if ! "$BFTEST" --rw info "$img" >/dev/null 2>&1; then rofmt=$img; break; fi
 done
 if [ -n "$rofmt" ]; then
@@ -579,7 +580,7 @@ if [ -n "$rofmt" ]; then
         wait_nbd "... and the -s server exits after its client" "$NBD_PID" "$S.log"
     fi
 else
-    not_ok "a read-only format served read-write is refused" "no read-only format was found (vmdk should be one)"
+    not_ok "a read-only format served read-write is refused" "no read-only format was found (stream-optimized vmdk and vhd should be)"
 fi
 
 # ------------------------------------------------- socket activation

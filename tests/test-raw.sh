@@ -157,9 +157,9 @@ ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0 \
 Q=$T/img.qcow2
 qemu-img create -q -f qcow2 "$Q" 4M
 qemu-io -f qcow2 -c 'write -q -P 0x77 0 64k' "$Q"
-qemu-img create -q -f vmdk "$T/img.vmdk" 4M
-check_fails "a read-only format (vmdk) opened --rw fails, saying so" \
-    "sparse vmdk files cannot be written" "$BFTEST" --rw info "$T/img.vmdk"
+qemu-img create -q -f vmdk -o subformat=streamOptimized "$T/img.vmdk" 4M
+check_fails "a read-only format (stream-optimized vmdk) opened --rw fails, saying so" \
+    "stream-optimized .*cannot be written" "$BFTEST" --rw info "$T/img.vmdk"
 check "qcow2 opens --rw" "$BFTEST" --rw info "$Q"
 check "-f raw on a qcow2 file" "$BFTEST" -f raw cat "$Q" "$T/out"
 same_file "-f raw on a qcow2 file reads its bytes as they are" "$T/out" "$Q"

@@ -3,8 +3,9 @@
 # p2 FAT, both holding hello.txt and sub/blob.bin), disk.raw (its bytes),
 # hello.txt, blob.bin.  --share: rw.raw (a raw copy of the disk, written here
 # and checked by the host), rw.qcow2 over base.raw (written here; base.raw
-# must stay unchanged), rw.vdi and rw.vmdk (monolithicFlat; written here,
-# checked by the host) and s.raw (must stay unchanged).
+# must stay unchanged), rw.vdi, rw.vmdk (monolithicFlat) and rw.delta.vmdk
+# (a sparse delta disk over sbase.vmdk), written here and checked by the
+# host, and s.raw (must stay unchanged).
 . /vmlib.sh
 
 server_pid() { vdisk-nbd --list-attached | awk -v d="$1" '$1 == d { for (i = 1; i <= NF; i++) if ($i == "pid") print $(i + 1) }'; }
@@ -64,8 +65,8 @@ check "write files into the qcow2" sh -c 'echo "written into a qcow2" > /mnt/a/q
 check "unmount" umount /mnt/a
 check "-d the qcow2 device" vdisk-nbd -d /dev/nbd6
 
-# --- read-write attach of a VDI and of a flat vmdk: the kernel writes through ---
-for f in vdi vmdk; do
+# --- read-write attach of a VDI, a flat vmdk and a sparse delta vmdk: the kernel writes through ---
+for f in vdi vmdk delta.vmdk; do
     check "-c /dev/nbd7 rw.$f (read-write)" vdisk-nbd -c /dev/nbd7 /share/rw.$f
     check "$f: mount its ext4 read-write" mount -t ext4 /dev/nbd7p1 /mnt/a
     check "$f: write files" sh -c "echo 'written into a $f' > /mnt/a/f.txt && cp /data/blob.bin /mnt/a/fblob && sync"
